@@ -396,6 +396,7 @@ export class XenbusDevice {
   private readonly ownWaiters: { state: XenbusState; resolve: () => void }[] = [];
   private readonly watches: XsWatchHandle[] = [];
   private chain: Promise<void> = Promise.resolve();
+  private stateLock: Promise<void> = Promise.resolve();
   private closed = false;
 
   private constructor(
@@ -516,9 +517,15 @@ export class XenbusDevice {
     }
   }
 
-  /** Calls `listener` on every change of the other end's state; returns the function that removes it. */
+  /**
+   * Calls `listener` with the other end's current state, then on every change of it (as Linux's otherend watch
+   * fires once when registered); returns the function that removes it.
+   */
   onOtherendChanged(listener: OtherendListener): () => void {
     this.listeners.add(listener);
+    this.enqueue(async () => {
+      if (!this.closed && this.listeners.has(listener)) await listener(this.other, this.vanishedNow);
+    });
     return () => this.listeners.delete(listener);
   }
 
@@ -538,8 +545,23 @@ export class XenbusDevice {
    * Switches this end to `to` (xenbus_client.c __xenbus_switch_state): refuses a step its role never takes; in a
    * transaction retried on EAGAIN, writes the new state only if the state node still exists, so a directory
    * being torn down is not resurrected. As in Linux, the cached state moves on even then. Same state: no-op.
+   * State changes of one device run one at a time.
    */
-  async switchState(to: XenbusState): Promise<Result<void>> {
+  switchState(to: XenbusState): Promise<Result<void>> {
+    return this.locked(() => this.doSwitch(to));
+  }
+
+  // State changes run one at a time, so a walk computed from `own` is never interleaved with another change.
+  private locked<T>(job: () => Promise<T>): Promise<T> {
+    const run = this.stateLock.then(job);
+    this.stateLock = run.then(
+      () => undefined,
+      () => undefined,
+    );
+    return run;
+  }
+
+  private async doSwitch(to: XenbusState): Promise<Result<void>> {
     if (to === this.own) return ok(undefined);
     const legal = checkTransition(this.role, this.own, to);
     if (!legal.ok) return legal;
@@ -560,21 +582,24 @@ export class XenbusDevice {
 
   /**
    * Moves a backend to `target` by set_backend_state's path, calling `hook` before each step (backend_connect
-   * before Connected, backend_disconnect before leaving Connected). Stops at the first failure.
+   * before Connected, backend_disconnect before leaving Connected). Stops at the first failure. The whole walk
+   * holds the device's state lock: a hook must not switch this device's state itself.
    */
-  async setBackendState(target: XenbusState, hook?: StepHook): Promise<Result<void>> {
-    if (this.role !== 'backend') return err('setBackendState is for a backend');
-    const path = backendStatePath(this.own, target);
-    if (!path.ok) return path;
-    for (const step of path.value) {
-      if (hook !== undefined) {
-        const h = await hook(this.own, step);
-        if (!h.ok) return h;
+  setBackendState(target: XenbusState, hook?: StepHook): Promise<Result<void>> {
+    if (this.role !== 'backend') return Promise.resolve(err('setBackendState is for a backend'));
+    return this.locked(async () => {
+      const path = backendStatePath(this.own, target);
+      if (!path.ok) return path;
+      for (const step of path.value) {
+        if (hook !== undefined) {
+          const h = await hook(this.own, step);
+          if (!h.ok) return h;
+        }
+        const r = await this.doSwitch(step);
+        if (!r.ok) return r;
       }
-      const r = await this.switchState(step);
-      if (!r.ok) return r;
-    }
-    return ok(undefined);
+      return ok(undefined);
+    });
   }
 
   /** Stops following the other end: removes the watches and listeners. Pending waits stay pending. */

@@ -31,6 +31,8 @@ export interface XenstoreChannel {
   readonly transferList: MessagePort[];
   /** Closes the connection (dropping its watches and transactions) and both ports. */
   close(): void;
+  /** Settles once the channel is closed, by `close()` or because the worker's end went away. */
+  readonly closed: Promise<void>;
 }
 
 /**
@@ -50,14 +52,17 @@ export function exposeXenstoreConnection(store: XenStore, domid: number): XsResu
     const msg: XsWatchEventMessage = { type: 'watch_event', path, token };
     events.port1.postMessage(msg);
   });
-  let closed = false;
+  let isClosed = false;
+  let settle: () => void = () => {};
+  const closed = new Promise<void>((resolve) => (settle = resolve));
   const close = (): void => {
-    if (closed) return;
-    closed = true;
+    if (isClosed) return;
+    isClosed = true;
     conn.setWatchSink(null);
     conn.close();
     ctrl.port1.close();
     events.port1.close();
+    settle();
   };
   ctrl.port1.once('close', close);
   events.port1.once('close', close);
@@ -67,6 +72,7 @@ export function exposeXenstoreConnection(store: XenStore, domid: number): XsResu
       ports: { domid, ctrlPort: ctrl.port2, eventPort: events.port2 },
       transferList: [ctrl.port2, events.port2],
       close,
+      closed,
     },
   };
 }
