@@ -216,8 +216,16 @@ export class SimScheduler implements Scheduler {
   runNext(): boolean {
     const n = this.queue.length;
     if (n === 0) return false;
-    const i = this.random === null ? 0 : this.random.int(0, n - 1);
-    const task = this.queue.splice(i, 1)[0]!;
+    let task: () => void;
+    if (this.random === null) {
+      task = this.queue.shift()!;
+    } else {
+      // Swap-remove: the remaining order changes, but it is only ever read through the same seeded pick.
+      const i = this.random.int(0, n - 1);
+      task = this.queue[i]!;
+      this.queue[i] = this.queue[n - 1]!;
+      this.queue.pop();
+    }
     task();
     return true;
   }
@@ -517,7 +525,7 @@ class BoundPort implements EventPort {
  * domain's own single thread.
  */
 export class EvtchnDomain implements EventDispatcher {
-  /** Spin iterations (upcall checks) before a wait sleeps. */
+  /** Extra upcall checks a wait makes before it sleeps (0: one check, then sleep). */
   spin = EVTCHN_DEFAULT_SPIN;
   /** A prebound `dispatch()`, for schedulers (no allocation per wake). */
   readonly dispatchTask: () => void;
@@ -530,6 +538,10 @@ export class EvtchnDomain implements EventDispatcher {
   private readonly handlers: (EventHandler | undefined)[];
   private scratch: Uint32Array | null = null;
 
+  /**
+   * Use host.domain(domid), which caches one view per domain (the view a SchedulerWaker dispatches); build
+   * one directly only to subclass it in tests.
+   */
   constructor(
     readonly host: EvtchnHost,
     readonly domid: number,
@@ -699,7 +711,7 @@ export class EvtchnDomain implements EventDispatcher {
   // -- waiting --
 
   /**
-   * Blocks until an upcall is due, a kick arrives, or timeoutMs passes: spins `spin` checks, then sets the
+   * Blocks until an upcall is due, a kick arrives, or timeoutMs passes: checks 1 + `spin` times, then sets the
    * sleeping flag, reads the wake word, re-checks, and Atomics.waits on the wake word. The domain's own
    * single thread, which must be allowed to block.
    */
@@ -788,8 +800,6 @@ export class EvtchnDomain implements EventDispatcher {
         Atomics.or(i32, this.maskIdx + (port >>> 5), bit);
         Atomics.or(i32, this.pendingIdx + (port >>> 5), bit);
         Atomics.sub(i32, this.base + kTaken, 1);
-        // A bind() that ran between the poll and the mask above saw no pending bit: re-raise for it.
-        if (this.handlers[port] !== undefined) this.unmask(port);
       }
     }
     return n;
