@@ -380,7 +380,7 @@ export const RxResponse = {
 export const XEN_NETIF_TX_SLOT_SIZE = Math.max(TxRequest.SIZE, TxResponse.SIZE);
 /** Bytes per RX ring slot: sizeof(union {netif_rx_request; netif_rx_response}) (io/netif.h DEFINE_RING_TYPES). */
 export const XEN_NETIF_RX_SLOT_SIZE = Math.max(RxRequest.SIZE, RxResponse.SIZE);
-/** Entries in a single-page TX ring (xen-netfront.c NET_TX_RING_SIZE: __CONST_RING_SIZE(xen_netif_tx, XEN_PAGE_SIZE)). */
+/** Entries in a single-page TX ring (xen-netfront.c NET_TX_RING_SIZE, __CONST_RING_SIZE(xen_netif_tx, ...)). */
 export const NET_TX_RING_SIZE = ringSize(XEN_NETIF_TX_SLOT_SIZE);
 /** Entries in a single-page RX ring (xen-netfront.c NET_RX_RING_SIZE). */
 export const NET_RX_RING_SIZE = ringSize(XEN_NETIF_RX_SLOT_SIZE);
@@ -432,7 +432,8 @@ export function validateExtraInfo(e: Readonly<ExtraInfoFields>): Result<Readonly
     if (e.gso.size === 0) return err('extra_info gso size is invalid: expected >= 1 but got 0');
     if (e.gso.type !== XEN_NETIF_GSO_TYPE_TCPV4 && e.gso.type !== XEN_NETIF_GSO_TYPE_TCPV6) {
       return err(
-        `extra_info gso type ${e.gso.type} is invalid: expected ${XEN_NETIF_GSO_TYPE_TCPV4} <= type <= ${XEN_NETIF_GSO_TYPE_TCPV6}`,
+        `extra_info gso type ${e.gso.type} is invalid: ` +
+          `expected ${XEN_NETIF_GSO_TYPE_TCPV4} <= type <= ${XEN_NETIF_GSO_TYPE_TCPV6}`,
       );
     }
   }
@@ -446,7 +447,8 @@ export function validateExtraInfo(e: Readonly<ExtraInfoFields>): Result<Readonly
 export function validateTxResponse(rsp: Readonly<TxResponseFields>): Result<Readonly<TxResponseFields>> {
   if (rsp.status < XEN_NETIF_RSP_DROPPED || rsp.status > XEN_NETIF_RSP_NULL) {
     return err(
-      `tx response status ${rsp.status} is invalid: expected ${XEN_NETIF_RSP_DROPPED} <= status <= ${XEN_NETIF_RSP_NULL}`,
+      `tx response status ${rsp.status} is invalid: ` +
+        `expected ${XEN_NETIF_RSP_DROPPED} <= status <= ${XEN_NETIF_RSP_NULL}`,
     );
   }
   if (rsp.status === XEN_NETIF_RSP_NULL) return ok(rsp);

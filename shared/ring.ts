@@ -43,7 +43,7 @@ export interface WireStruct<T> {
   write(view: DataView, off: number, value: Readonly<T>): void;
 }
 
-/** Entries per single-page ring for `entryBytes`-sized slots, rounded down to a power of two (io/ring.h __CONST_RING_SIZE). */
+/** Entries in one page of `entryBytes` slots, rounded down to a power of two (io/ring.h __CONST_RING_SIZE). */
 export function ringSize(entryBytes: number): number {
   const room = XEN_PAGE_SIZE - SRING_HEADER_SIZE;
   if (!Number.isInteger(entryBytes) || entryBytes < 1 || entryBytes > room) {
@@ -129,7 +129,7 @@ abstract class RingEnd {
     this.peerProd = startIndex;
   }
 
-  /** Byte offset in `view` of the slot for free-running index `index` (io/ring.h RING_GET_REQUEST/RESPONSE). */
+  /** Byte offset in `view` of the slot for free-running `index` (io/ring.h RING_GET_REQUEST); pure arithmetic. */
   slotOffset(index: number): number {
     return SRING_HEADER_SIZE + (index & this.mask) * this.entryBytes;
   }
@@ -213,37 +213,40 @@ export class FrontRing extends RingEnd {
     super(buffer, byteOffset, entryBytes, startIndex, kReqProd, kReqEvent, kRspProd, kRspEvent);
   }
 
-  /** Our private request producer index (req_prod_pvt), free-running u32. */
+  /** Our private request producer index (req_prod_pvt), free-running u32; never shared, so always exact. */
   get reqProdPvt(): number {
     return this.prodPvt;
   }
 
-  /** Our response consumer index (rsp_cons), free-running u32. */
+  /** Our response consumer index (rsp_cons), free-running u32; private, the backend never sees it. */
   get rspCons(): number {
     return this.cons;
   }
 
-  /** The peer's rsp_prod as loaded by the last unconsumedResponses()/finalCheckForResponses(). */
+  /** The peer's rsp_prod as loaded by the last poll; the live value may already be ahead of it. */
   get rspProdSnapshot(): number {
     return this.peerProd;
   }
 
-  /** Requests we may still put (io/ring.h RING_FREE_REQUESTS); local state only, no shared read. */
+  /** Requests we may still put (io/ring.h RING_FREE_REQUESTS); local state only, so it only grows when we consume. */
   freeRequests(): number {
     return this.size - ((this.prodPvt - this.cons) >>> 0);
   }
 
-  /** Whether no request slot is free (io/ring.h RING_FULL); local state only. */
+  /** Whether no request slot is free (io/ring.h RING_FULL); local state only, reap responses to change it. */
   isFull(): boolean {
     return this.freeRequests() === 0;
   }
 
-  /** Writes a request into the slot at req_prod_pvt and advances it; throws RangeError if the ring is full (our bug). */
+  /**
+   * Writes a request into the slot at req_prod_pvt and advances it; the backend cannot see it until a push.
+   * Throws RangeError if the ring is full (our bug).
+   */
   putRequest<T>(struct: WireStruct<T>, value: Readonly<T>): void {
     this.put(struct, value, 'request');
   }
 
-  /** Publishes req_prod = req_prod_pvt after the slot writes (io/ring.h RING_PUSH_REQUESTS); only the front calls it. */
+  /** Publishes req_prod = req_prod_pvt after the slot writes (io/ring.h RING_PUSH_REQUESTS); never notifies. */
   pushRequests(): void {
     this.publish();
   }
@@ -273,27 +276,36 @@ export class FrontRing extends RingEnd {
     return this.finalCheck();
   }
 
-  /** Copies the response at free-running `index` into `target` (io/ring.h RING_COPY_RESPONSE); index must be polled. */
+  /**
+   * Copies the response at free-running `index` (within the last poll) into `target` (io/ring.h RING_COPY_RESPONSE);
+   * validate the copy, not the slot, which the backend may still rewrite.
+   */
   copyResponse<T>(index: number, struct: WireStruct<T>, target: T): T {
     return this.copy(index, struct, target);
   }
 
-  /** Advances rsp_cons by `n` polled responses; throws RangeError past what the last poll allowed (our bug). */
+  /**
+   * Advances rsp_cons by `n` polled responses, freeing their slots for our next requests (rsp_cons is private).
+   * Throws RangeError past what the last poll allowed (our bug).
+   */
   consumeResponses(n = 1): void {
     this.consume(n);
   }
 
-  /** Whether the backend claims more responses than the ring holds (io/ring.h RING_RESPONSE_PROD_OVERFLOW). */
+  /** Whether `prod` claims more responses than the ring holds (io/ring.h RING_RESPONSE_PROD_OVERFLOW); pure. */
   responseProdOverflow(prod: number): boolean {
     return (prod - this.cons) >>> 0 > this.size;
   }
 
-  /** The exact message for the overflow the last poll returned RING_OVERFLOW for; throws if there was none. */
+  /** The exact message for the snapshot the last poll rejected with RING_OVERFLOW; throws if it was valid (our bug). */
   overflowError(): string {
     return this.overflowMessage('rsp_prod', 'rsp_cons');
   }
 
-  /** Stores rsp_event directly, for batching wake-ups beyond what final-check arms (io/ring.h hold-off note). */
+  /**
+   * Stores rsp_event, to be woken only after several responses (io/ring.h hold-off note); recheck after it,
+   * since responses pushed before the store do not notify.
+   */
   setRspEvent(value: number): void {
     Atomics.store(this.words, kRspEvent, value | 0);
   }
@@ -317,17 +329,17 @@ export class BackRing extends RingEnd {
     super(buffer, byteOffset, entryBytes, startIndex, kRspProd, kRspEvent, kReqProd, kReqEvent);
   }
 
-  /** Our private response producer index (rsp_prod_pvt), free-running u32. */
+  /** Our private response producer index (rsp_prod_pvt), free-running u32; never shared, so always exact. */
   get rspProdPvt(): number {
     return this.prodPvt;
   }
 
-  /** Our request consumer index (req_cons), free-running u32. */
+  /** Our request consumer index (req_cons), free-running u32; private, the frontend never sees it. */
   get reqCons(): number {
     return this.cons;
   }
 
-  /** The peer's req_prod as loaded by the last unconsumedRequests()/finalCheckForRequests(). */
+  /** The peer's req_prod as loaded by the last poll; the live value may already be ahead of it. */
   get reqProdSnapshot(): number {
     return this.peerProd;
   }
@@ -357,20 +369,23 @@ export class BackRing extends RingEnd {
     return this.copy(index, struct, target);
   }
 
-  /** Advances req_cons by `n` polled requests; throws RangeError past what the last poll allowed (our bug). */
+  /**
+   * Advances req_cons by `n` polled requests; their slots stay ours until answered (req_cons is private).
+   * Throws RangeError past what the last poll allowed (our bug).
+   */
   consumeRequests(n = 1): void {
     this.consume(n);
   }
 
   /**
    * Writes a response into the slot at rsp_prod_pvt (the slot of a request already consumed) and advances it;
-   * throws RangeError if no consumed request is left to answer (our bug).
+   * the frontend cannot see it until a push. Throws RangeError if no consumed request is left to answer (our bug).
    */
   putResponse<T>(struct: WireStruct<T>, value: Readonly<T>): void {
     this.put(struct, value, 'response');
   }
 
-  /** Publishes rsp_prod = rsp_prod_pvt after the slot writes (io/ring.h RING_PUSH_RESPONSES). */
+  /** Publishes rsp_prod = rsp_prod_pvt after the slot writes (io/ring.h RING_PUSH_RESPONSES); never notifies. */
   pushResponses(): void {
     this.publish();
   }
@@ -383,22 +398,25 @@ export class BackRing extends RingEnd {
     return this.publishAndCheckNotify();
   }
 
-  /** Whether the frontend claims more requests than it could have outstanding (io/ring.h RING_REQUEST_PROD_OVERFLOW). */
+  /** Whether `prod` claims more requests than could be outstanding (io/ring.h RING_REQUEST_PROD_OVERFLOW); pure. */
   requestProdOverflow(prod: number): boolean {
     return (prod - this.prodPvt) >>> 0 > this.size;
   }
 
-  /** Whether consuming up to `cons` would overrun unanswered slots (io/ring.h RING_REQUEST_CONS_OVERFLOW). */
+  /** Whether consuming up to `cons` would overrun unanswered slots (io/ring.h RING_REQUEST_CONS_OVERFLOW); pure. */
   requestConsOverflow(cons: number): boolean {
     return (cons - this.prodPvt) >>> 0 >= this.size;
   }
 
-  /** The exact message for the overflow the last poll returned RING_OVERFLOW for; throws if there was none. */
+  /** The exact message for the snapshot the last poll rejected with RING_OVERFLOW; throws if it was valid (our bug). */
   overflowError(): string {
     return this.overflowMessage('req_prod', 'req_cons');
   }
 
-  /** Stores req_event directly, e.g. to wait for `needed` slots (netback xenvif_rx_ring_slots_available). */
+  /**
+   * Stores req_event, e.g. to be woken only once `needed` requests exist (netback xenvif_rx_ring_slots_available);
+   * recheck after it, since requests pushed before the store do not notify.
+   */
   setReqEvent(value: number): void {
     Atomics.store(this.words, kReqEvent, value | 0);
   }

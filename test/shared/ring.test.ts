@@ -99,7 +99,8 @@ test('ringSize rounds the entries that fit in 4096 - 64 bytes down to a power of
   ];
   for (const [entry, size] of cases) t.is(ringSize(entry), size, `entry ${entry}`);
   for (const bad of [0, -1, 1.5, 4033, NaN]) {
-    t.throws(() => ringSize(bad), { instanceOf: RangeError, message: `entryBytes must be an integer in 1..4032 but got ${bad}` });
+    const message = `entryBytes must be an integer in 1..4032 but got ${bad}`;
+    t.throws(() => ringSize(bad), { instanceOf: RangeError, message });
   }
 });
 
@@ -133,19 +134,26 @@ test('ring pages out of bounds or misaligned are refused (our bug)', (t) => {
     t.throws(() => sharedRingInit(sab, off), { instanceOf: RangeError, message });
     t.throws(() => new FrontRing(sab, off, 12), { instanceOf: RangeError, message });
   }
-  t.throws(() => sharedRingInit(sab, 0, -1), { instanceOf: RangeError, message: 'startIndex must be a uint32 but got -1' });
+  t.throws(() => sharedRingInit(sab, 0, -1), {
+    instanceOf: RangeError,
+    message: 'startIndex must be a uint32 but got -1',
+  });
   t.throws(() => new BackRing(sab, 0, 12, 2 ** 32), {
     instanceOf: RangeError,
     message: 'startIndex must be a uint32 but got 4294967296',
   });
 });
 
-testProp('slotOffset is 64 + (index mod size) * entryBytes', [entryArb, fc.integer({ min: 0, max: 2 ** 32 - 1 })], (t, entry, index) => {
-  const { front, back, size } = makeRing(entry, 0);
-  const expected = SRING_HEADER_SIZE + Number(BigInt(index) % BigInt(size)) * entry;
-  t.is(front.slotOffset(index), expected);
-  t.is(back.slotOffset(index), expected);
-});
+testProp(
+  'slotOffset is 64 + (index mod size) * entryBytes',
+  [entryArb, fc.integer({ min: 0, max: 2 ** 32 - 1 })],
+  (t, entry, index) => {
+    const { front, back, size } = makeRing(entry, 0);
+    const expected = SRING_HEADER_SIZE + Number(BigInt(index) % BigInt(size)) * entry;
+    t.is(front.slotOffset(index), expected);
+    t.is(back.slotOffset(index), expected);
+  },
+);
 
 type Op =
   | { op: 'put'; n: number }
@@ -406,19 +414,21 @@ test('attachBackRing attaches at the published rsp_prod and refuses impossible i
 
 test('misuse by our own code throws RangeError', (t) => {
   const { front, back } = makeRing(8, 0);
+  const m: Msg = { seq: 0, tag: 0 };
+  const throwsRange = (run: () => void, message: string) => t.throws(run, { instanceOf: RangeError, message });
   for (let i = 0; i < 256; i++) front.putRequest(MsgStruct, { seq: i, tag: REQ_TAG });
-  t.throws(() => front.putRequest(MsgStruct, { seq: 0, tag: 0 }), { instanceOf: RangeError, message: 'no free slot to put a request into' });
-  t.throws(() => back.putResponse(MsgStruct, { seq: 0, tag: 0 }), { instanceOf: RangeError, message: 'no free slot to put a response into' });
-  t.throws(() => back.copyRequest(0, MsgStruct, { seq: 0, tag: 0 }), { instanceOf: RangeError, message: 'slot 0 is not available: cons 0, available 0' });
+  throwsRange(() => front.putRequest(MsgStruct, m), 'no free slot to put a request into');
+  throwsRange(() => back.putResponse(MsgStruct, m), 'no free slot to put a response into');
+  throwsRange(() => back.copyRequest(0, MsgStruct, m), 'slot 0 is not available: cons 0, available 0');
   front.pushRequests();
   t.is(back.unconsumedRequests(), 256);
-  t.throws(() => back.copyRequest(256, MsgStruct, { seq: 0, tag: 0 }), { instanceOf: RangeError, message: 'slot 256 is not available: cons 0, available 256' });
-  t.throws(() => back.copyRequest(2 ** 32 - 1, MsgStruct, { seq: 0, tag: 0 }), { instanceOf: RangeError, message: 'slot 4294967295 is not available: cons 0, available 256' });
-  t.throws(() => back.consumeRequests(257), { instanceOf: RangeError, message: 'cannot consume 257: available 256' });
+  throwsRange(() => back.copyRequest(256, MsgStruct, m), 'slot 256 is not available: cons 0, available 256');
+  throwsRange(() => back.copyRequest(2 ** 32 - 1, MsgStruct, m), 'slot 4294967295 is not available: cons 0, available 256');
+  throwsRange(() => back.consumeRequests(257), 'cannot consume 257: available 256');
   back.consumeRequests(1);
   const big: WireStruct<Msg> = { ...MsgStruct, SIZE: 12 };
-  t.throws(() => back.putResponse(big, { seq: 0, tag: 0 }), { instanceOf: RangeError, message: 'a 12-byte struct does not fit a 8-byte slot' });
-  t.throws(() => front.consumeResponses(1), { instanceOf: RangeError, message: 'cannot consume 1: available 0' });
+  throwsRange(() => back.putResponse(big, m), 'a 12-byte struct does not fit a 8-byte slot');
+  throwsRange(() => front.consumeResponses(1), 'cannot consume 1: available 0');
 });
 
 // ---- The lost wake-up (io/ring.h notification hold-off) ----
@@ -451,6 +461,39 @@ test('lost wake-up: work pushed unnotified while the consumer was busy is found 
   front.putRequest(MsgStruct, { seq: 1, tag: REQ_TAG });
   t.false(front.pushRequestsAndCheckNotify());
   t.true(back.finalCheckForRequests(), 'backend would sleep with work pending');
+});
+
+/** A BackRing that runs `hook` once, right after a poll that found nothing (inside the final check). */
+class GatedBackRing extends BackRing {
+  hook: (() => void) | undefined;
+  protected override poll(): number {
+    const n = super.poll();
+    const hook = this.hook;
+    if (n === 0 && hook !== undefined) {
+      this.hook = undefined;
+      hook();
+    }
+    return n;
+  }
+}
+
+test('lost wake-up: a push between the first check and arming req_event is caught by the recheck', (t) => {
+  const start = 2 ** 32 - 1;
+  const { sab, front } = makeRing(12, start);
+  const back = new GatedBackRing(sab, XEN_PAGE_SIZE, 12, start);
+  front.putRequest(MsgStruct, { seq: 0, tag: REQ_TAG });
+  t.true(front.pushRequestsAndCheckNotify());
+  t.is(back.unconsumedRequests(), 1);
+  back.consumeRequests(1);
+  let notified = true;
+  back.hook = () => {
+    // The frontend runs here, after the backend saw an empty ring but before it re-armed req_event.
+    front.putRequest(MsgStruct, { seq: 1, tag: REQ_TAG });
+    notified = front.pushRequestsAndCheckNotify();
+  };
+  const workPending = back.finalCheckForRequests();
+  t.false(notified, 'the push saw the stale req_event and did not notify');
+  t.true(workPending, 'backend would sleep with work pending');
 });
 
 test('lost wake-up, response direction: the frontend re-arms rsp_event and rechecks', (t) => {
