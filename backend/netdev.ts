@@ -36,3 +36,8 @@ export const DEFAULT_TX_QUEUE_LEN = 1000;
 export function fixFeatures(f: NetdevFeatures): NetdevFeatures {
   return { sg: f.sg, tso: f.tso && f.sg };
 }
+
+/** A ptype_all handler (dev_queue_xmit_nit): sees every frame a device transmits and clones what it keeps. */
+export interface PacketTap {
+  capture(skb: SkBuff): void;
+}
