@@ -585,6 +585,39 @@ function skbCopyHeader(n: SkBuff, old: SkBuff): void {
   n.shinfo.gsoType = old.shinfo.gsoType;
 }
 
+/**
+ * Appends `child` (ours alone, unchained) to skb's frag_list and accounts len/data_len, as ip_frag_reasm and
+ * skb_gro_receive_list do. A frag_list skb with users > 1 is shared with another shinfo (pskb_copy, or under
+ * rusty the parent an expand_head left behind), so its `next` is not ours to write: such links are forked
+ * first (skb_clone, as ___pskb_trim does). Requires skb not cloned.
+ */
+export function skbFragListAppend(skb: SkBuff, child: SkBuff): void {
+  assertLive(skb, 'skb_frag_list_append');
+  assertLive(child, 'skb_frag_list_append');
+  if (skbCloned(skb)) throw new Error('skb_frag_list_append: skb is cloned');
+  if (child === skb || child.users !== 1 || child.next !== null) throw new Error('skb_frag_list_append: child must be ours alone and unchained');
+  const s = skb.shinfo;
+  let prev: SkBuff | null = null;
+  let frag = s.fragList;
+  while (frag !== null) {
+    if (frag === child) throw new Error('skb_frag_list_append: child is already on the frag_list');
+    if (skbShared(frag)) {
+      const nfrag = skbClone(frag);
+      nfrag.next = frag.next;
+      consumeSkb(frag);
+      frag = nfrag;
+      if (prev === null) s.fragList = frag;
+      else prev.next = frag;
+    }
+    prev = frag;
+    frag = frag.next;
+  }
+  if (prev === null) s.fragList = child;
+  else prev.next = child;
+  skb.len += child.len;
+  skb.dataLen += child.len;
+}
+
 // ---------------------------------------------------------------------------------------------------------
 // Reading
 
