@@ -1,7 +1,12 @@
 import test, { type ExecutionContext } from 'ava';
 import { Worker } from 'node:worker_threads';
 import { XenStore, type XsConnection } from '../../shared/xenstore.js';
-import { XenstoreClient, exposeXenstoreConnection, type XenstoreChannel } from '../../shared/xenstore-client.js';
+import {
+  XenstoreClient,
+  exposeXenstoreConnection,
+  withTransaction,
+  type XenstoreChannel,
+} from '../../shared/xenstore-client.js';
 import {
   VifKey,
   XenbusDevice,
@@ -151,4 +156,27 @@ test('a netfront in a worker connects to a backend in the main thread, then foll
   t.is(closed.state, XenbusStateClosed);
   // The backend passes Closing on its way to Closed; the frontend may read either when it reacts.
   t.true(closed.backend === XenbusStateClosing || closed.backend === XenbusStateClosed);
+});
+
+test('withTransaction retries a conflicting commit, returns body errors, and gives up after maxAttempts', async (t) => {
+  const { store, dom0conn } = await setup();
+  const c5 = XenstoreClient.local(must(store.connect(FE)));
+  const key = `/local/domain/${FE}/data/n`;
+  must(dom0conn.write(key, '1'));
+  let attempts = 0;
+  const bump = async (tx: number) => {
+    attempts++;
+    const v = must(await c5.read(key, tx));
+    // Someone else changes the node under the first two attempts.
+    if (attempts <= 2) must(dom0conn.write(key, String(Number(v) * 10)));
+    return c5.write(key, String(Number(v) + 1), tx);
+  };
+  t.deepEqual(await withTransaction(c5, bump), { ok: true, value: undefined });
+  t.is(attempts, 3);
+  t.is(must(await c5.read(key)), '101');
+  attempts = 0;
+  t.deepEqual(await withTransaction(c5, bump, 2), { ok: false, error: 'EAGAIN' });
+  t.is(attempts, 2);
+  t.deepEqual(await withTransaction(c5, (tx) => c5.read('/local/domain/0', tx)), { ok: false, error: 'EACCES' });
+  t.deepEqual(store.domainUsage(FE), { watches: 0, transactions: 0 }, 'every transaction was ended');
 });
