@@ -112,7 +112,7 @@ export class XenstoreClient implements XsClient {
     private readonly release: () => void,
   ) {}
 
-  /** Wraps a connection of this thread; events are delivered from a microtask. */
+  /** Wraps a connection of this thread, taking over its watch sink; events are delivered from a microtask. */
   static local(conn: XsConnection): XenstoreClient {
     const client = new XenstoreClient(conn.domid, conn, () => conn.setWatchSink(null));
     conn.setWatchSink((path, token) => queueMicrotask(() => client.dispatch(path, token)));
