@@ -7,8 +7,20 @@
 // remembers byte ranges only), never shrinks its window, and does not check TCP checksums (the sender
 // leaves CHECKSUM_PARTIAL to the NIC; the payload pattern is the stronger check).
 import type { Clock } from '../shared/clock.js';
-import { ETH_HLEN, ETH_P_IP, writeEthHeader } from '../shared/ether.js';
-import { IPPROTO_TCP, IPV4_HLEN, TCP_HLEN, TCPHDR_ACK, TCPHDR_FIN, TCPHDR_RST, TCPHDR_SYN, writeIpv4Header, writeL4Checksum, writeTcpHeader } from '../shared/inet.js';
+import { ETH_HLEN, ETH_P_IP, macToString, writeEthHeader } from '../shared/ether.js';
+import {
+  IPPROTO_TCP,
+  IPV4_HLEN,
+  TCP_HLEN,
+  TCPHDR_ACK,
+  TCPHDR_FIN,
+  TCPHDR_RST,
+  TCPHDR_SYN,
+  ipToString,
+  writeIpv4Header,
+  writeL4Checksum,
+  writeTcpHeader,
+} from '../shared/inet.js';
 import { findPatternMismatch, patternByte } from '../shared/payload.js';
 import type { Random } from '../shared/random.js';
 import { type SkBuff, skbCopyBits } from './skbuff.js';
@@ -279,7 +291,8 @@ export class TcpPeer {
     }
     const f = parsed.value;
     if (f.ethDst !== this.mac || f.daddr !== this.ip || f.tcp.dport !== this.port) {
-      this.bad(`frame is not for this peer: ${f.daddr >>> 0}:${f.tcp.dport}`);
+      const want = `${macToString(this.mac)} ${ipToString(this.ip)}:${this.port}`;
+      this.bad(`frame is not for this peer: expected ${want} but got ${macToString(f.ethDst)} ${ipToString(f.daddr)}:${f.tcp.dport}`);
       return;
     }
     const t = f.tcp;

@@ -283,8 +283,10 @@ export interface TcpEndpointStats {
   uncloned: number;
   /** Duplicate ACKs received from the peer. */
   dupAcks: number;
-  /** Uplink frames that are malformed or not for one of our connections. */
+  /** Uplink frames that are malformed, not for us, or not acceptable for their connection. */
   uplinkBad: number;
+  /** Uplink frames for a connection that no longer exists (late ACKs after the close; no TIME_WAIT). */
+  uplinkStale: number;
   /** Operations that failed with -ENOMEM (the data stays queued and is retried). */
   allocFailures: number;
 }
@@ -420,6 +422,7 @@ export class TcpEndpoint implements NetDevice, SkbHolder {
     uncloned: 0,
     dupAcks: 0,
     uplinkBad: 0,
+    uplinkStale: 0,
     allocFailures: 0,
   };
   /** The first malformed-frame message seen (guest or uplink), for diagnostics. */
@@ -527,9 +530,13 @@ export class TcpEndpoint implements NetDevice, SkbHolder {
       return;
     }
     const f = r.value;
-    const g = this.outs.get(f.tcp.dport);
-    if (f.ethDst !== this.mac || f.daddr !== this.ip || f.saddr !== this.peerIp || f.tcp.sport !== this.peerPort || g === undefined) {
+    if (f.ethDst !== this.mac || f.daddr !== this.ip || f.saddr !== this.peerIp || f.tcp.sport !== this.peerPort) {
       this.stats.uplinkBad++;
+      return;
+    }
+    const g = this.outs.get(f.tcp.dport);
+    if (g === undefined) {
+      this.stats.uplinkStale++;
       return;
     }
     this.peerSegment(g, f.tcp, f.payloadLen, this.clock.now());
