@@ -261,7 +261,9 @@ export class GrantMapper {
   mapOp(op: GrantMapOp): number {
     const { dom, ref, flags } = op;
     if (!isU16(dom) || !isU32(ref) || !isU16(flags)) {
-      throw new RangeError(`map op must have u16 dom, u32 ref, u16 flags but got ${String(dom)}, ${String(ref)}, ${String(flags)}`);
+      throw new RangeError(
+        `map op must have u16 dom, u32 ref, u16 flags but got ${String(dom)}, ${String(ref)}, ${String(flags)}`,
+      );
     }
     op.handle = INVALID_GRANT_HANDLE;
     op.bytes = null;
@@ -396,7 +398,10 @@ export class GrantMapper {
     const dst = op.dest;
     const len = op.len;
     if (!isU16(len) || !isU16(src.offset) || !isU16(dst.offset) || !isU16(op.flags)) {
-      throw new RangeError(`copy op must have u16 len, offsets and flags but got ${String(len)}, ${String(src.offset)}, ${String(dst.offset)}, ${String(op.flags)}`);
+      throw new RangeError(
+        `copy op must have u16 len, offsets and flags but got ${String(len)}, ${String(src.offset)}, ` +
+          `${String(dst.offset)}, ${String(op.flags)}`,
+      );
     }
     const srcGref = (op.flags & GNTCOPY_source_gref) !== 0;
     const dstGref = (op.flags & GNTCOPY_dest_gref) !== 0;
@@ -406,13 +411,17 @@ export class GrantMapper {
     let sd: ForeignDomain | undefined;
     let dd: ForeignDomain | undefined;
     if (!srcGref) {
-      if (src.domid !== DOMID_SELF) return this.copyFail(GNTST_permission_denied, `Only DOMID_SELF may copy by frame: source d${src.domid}`);
+      if (src.domid !== DOMID_SELF) {
+        return this.copyFail(GNTST_permission_denied, `Only DOMID_SELF may copy by frame: source d${src.domid}`);
+      }
     } else {
       sd = this.lookup(src.domid === DOMID_SELF ? this.domid : src.domid);
       if (sd === undefined) return this.copyFail(GNTST_bad_domain, `Could not find domain ${src.domid}`);
     }
     if (!dstGref) {
-      if (dst.domid !== DOMID_SELF) return this.copyFail(GNTST_permission_denied, `Only DOMID_SELF may copy by frame: dest d${dst.domid}`);
+      if (dst.domid !== DOMID_SELF) {
+        return this.copyFail(GNTST_permission_denied, `Only DOMID_SELF may copy by frame: dest d${dst.domid}`);
+      }
     } else {
       dd = this.lookup(dst.domid === DOMID_SELF ? this.domid : dst.domid);
       if (dd === undefined) return this.copyFail(GNTST_bad_domain, `Could not find domain ${dst.domid}`);
@@ -477,7 +486,10 @@ export class GrantMapper {
         if (!d.memory.hasFrame(frame)) {
           // unlock_out_clear: undo the flags we just set.
           d.entries.clearFlags(ref, readonly ? GTF_reading : GTF_reading | GTF_writing);
-          this.log?.('warn', `frame of d${d.domid} ref ${hexAlt(ref)} is out of range: expected 0 <= x < ${d.memory.nrFrames} but got ${frame}`);
+          this.log?.(
+            'warn',
+            `frame of d${d.domid} ref ${hexAlt(ref)} is out of range: expected 0 <= x < ${d.memory.nrFrames} but got ${frame}`,
+          );
           return GNTST_bad_page;
         }
         d.actFrame[ref] = frame;

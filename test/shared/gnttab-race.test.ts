@@ -44,12 +44,11 @@ async function waitAtLeast(ctl: Int32Array, i: number, value: number, ms = 10_00
   }
 }
 
-function startWorker(t: ExecutionContext, file: string, workerData: unknown, ctl: Int32Array, stop: () => void): Worker {
+function startWorker(t: ExecutionContext, file: string, workerData: unknown, stop: () => void): Worker {
   const w = new Worker(new URL(file, import.meta.url), { workerData });
   w.on('error', (e) => t.fail(`worker error: ${String(e)}`));
   t.teardown(async () => {
     stop();
-    void ctl;
     await w.terminate();
   });
   return w;
@@ -73,7 +72,7 @@ function startBackend(t: ExecutionContext, g: ReturnType<typeof guest>, mode: 'h
     raceIters: 3000,
     afterEnd: 200,
   };
-  return startWorker(t, './fixtures/gnttab-backend.js', data, g.ctl, () => C.publish(g.ctl, C.CTL_ROUND, C.CTL_QUIT));
+  return startWorker(t, './fixtures/gnttab-backend.js', data, () => C.publish(g.ctl, C.CTL_ROUND, C.CTL_QUIT));
 }
 
 test('map/end race: an end succeeds only while unmapped, and no map succeeds after it', async (t) => {
@@ -125,7 +124,7 @@ for (const mode of ['xor', 'store'] as const) {
     const ref = table.grantForeignAccess(C.BACKEND_DOMID, 1, false);
     const ctl = new Int32Array(new SharedArrayBuffer(16));
     const data: C.FlipperData = { table: table.entries.sab, ctl: ctl.buffer as SharedArrayBuffer, ref, mode };
-    startWorker(t, './fixtures/gnttab-flipper.js', data, ctl, () => C.publish(ctl, C.FLIP_STOP, 1));
+    startWorker(t, './fixtures/gnttab-flipper.js', data, () => C.publish(ctl, C.FLIP_STOP, 1));
     await waitFor(ctl, C.FLIP_STARTED, 1);
     const mapper = new GrantMapper({ domid: C.BACKEND_DOMID });
     mapper.addDomain(C.GUEST_DOMID, table.entries.sab, mem.sab);
