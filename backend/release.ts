@@ -28,8 +28,8 @@ export interface ReleaseDesign {
 /** What a grant-returning shinfo destructor owns: the pages to hand back and where to. Pooled per SkbContext. */
 export class GrantRelease {
   sink: GrantSink | null = null;
-  /** The pages this destructor returns; only [0, count) are meaningful. */
-  readonly pages: Page[] = [];
+  /** The pages this destructor returns; only [0, count) are meaningful (slots are nulled after use, never shrunk). */
+  readonly pages: (Page | null)[] = [];
   count = 0;
 }
 
@@ -59,10 +59,9 @@ export function grantDestructor(shinfo: SkbSharedInfo): void {
   arg.count = 0;
   for (let i = 0; i < n; i++) {
     const page = arg.pages[i]!;
-    arg.pages[i] = undefined as unknown as Page; // drop the reference so the pool does not pin pages
+    arg.pages[i] = null; // a pooled arg must not pin pages
     sink.release(page);
   }
-  arg.pages.length = 0;
   shinfo.ctx.destructorArgPool.push(arg);
 }
 
