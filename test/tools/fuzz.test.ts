@@ -108,6 +108,20 @@ test('a mechanism that reads the wrong bytes is caught by the content model', (t
   t.is(r.earlyReturns + r.doubleReturns + r.leaks, 0);
 });
 
+test('a mechanism that gets len wrong is caught even when every byte it has matches', (t) => {
+  // One extra linear byte: tail and len grow together, so the structure stays consistent and a prefix compare passes.
+  const longer = variant('longer', (skb, pages, sink) => {
+    rusty.attach(skb, pages, sink);
+    skb.tail += 1;
+    skb.len += 1;
+  });
+  const r = executeOps([BUILD], { design: longer });
+  t.is(r.dataMismatches, 1);
+  t.regex(r.messages[0]!, /^step 1: data mismatch: #0 len is (\d+) but the model has \d+ bytes$/);
+  const [, got, want] = /len is (\d+) but the model has (\d+)/.exec(r.messages[0]!)!;
+  t.is(Number(got), Number(want) + 1);
+});
+
 test('an op that throws ends the run as an error with the step and op', (t) => {
   const broken = variant('broken', () => {
     throw new Error('attach exploded');

@@ -15,6 +15,7 @@ import {
   pskbCopy,
   pskbExpandHead,
   pskbMayPull,
+  pskbPull,
   pskbTrim,
   SKB_GSO_TCPV4,
   SkbContext,
@@ -23,7 +24,9 @@ import {
   skbCloned,
   skbCopy,
   skbCopyBits,
+  skbFragListAppend,
   skbGet,
+  skbHeaderRelease,
   skbHeadlen,
   skbLinearize,
   skbOrphanFrags,
@@ -31,7 +34,6 @@ import {
   skbPut,
   skbReserve,
   skbSegment,
-  skbShared,
   skbShift,
   skbSplit,
   skbTryCoalesce,
@@ -39,7 +41,7 @@ import {
   type SkBuff,
 } from '../../backend/skbuff.js';
 import { Random } from '../../shared/random.js';
-import { FRAME_SIZE, GUEST_DOMID, GuestMemory } from './guest.js';
+import { FakeGuest, FRAME_SIZE, GUEST_DOMID } from './guest.js';
 import { formatOp, type OpRecord } from './ops.js';
 
 /** What went wrong first in a run. */
@@ -103,7 +105,7 @@ export function executeOps(ops: readonly OpRecord[], opts: ExecOptions): RunResu
 class World {
   private readonly ctx: SkbContext;
   private readonly design: ReleaseDesign;
-  private readonly guest = new GuestMemory(GUEST_FRAMES);
+  private readonly guest = new FakeGuest(GUEST_FRAMES);
   private readonly oracle: GrantOracle;
   private readonly handles: Handle[] = [];
   private readonly queue: Page[] = [];
@@ -360,6 +362,10 @@ class World {
         return this.pullTail(a, b);
       case 'may_pull':
         return this.mayPull(a, b);
+      case 'pull':
+        return this.pull(a, b);
+      case 'header_release':
+        return this.headerRelease(a);
       case 'linearize':
         return this.linearize(a);
       case 'split':
@@ -550,6 +556,26 @@ class World {
     else if (got && skbHeadlen(h.skb) < len) this.mismatch(h, `pskb_may_pull(${len}) left headlen ${skbHeadlen(h.skb)}`);
   }
 
+  private pull(a: number, b: number): void {
+    const h = this.pick(a);
+    if (h === null) return this.say('(no skb)');
+    this.unshare(h);
+    const len = b % (h.skb.len + 1);
+    const got = pskbPull(h.skb, len);
+    this.say(`pskb_pull(#${h.id}, ${len}) = ${got}`);
+    if (!got) return this.mismatch(h, `pskb_pull(${len}) failed with len ${h.model.length}`);
+    h.model = h.model.slice(len);
+  }
+
+  /** skb_header_release: from now on this skb holds a payload-only reference (dataref's high half). */
+  private headerRelease(a: number): void {
+    const h = this.pick(a);
+    if (h === null) return this.say('(no skb)');
+    if (h.skb.nohdr) return this.say(`skb_header_release(#${h.id}): already nohdr, skipped`);
+    skbHeaderRelease(h.skb);
+    this.say(`skb_header_release(#${h.id})`);
+  }
+
   private linearize(a: number): void {
     const h = this.pick(a);
     if (h === null) return this.say('(no skb)');
@@ -719,26 +745,12 @@ class World {
     this.unshare(head);
     this.unshare(tail);
     if (!this.unclone(head)) return;
-    const sh = head.skb.shinfo;
-    let depth = 0;
-    if (sh.fragList === null) sh.fragList = tail.skb;
-    else {
-      // Appending rewrites the last member's next: only on a chain no other shinfo shares (GRO's own list).
-      let last = sh.fragList;
-      for (let f: SkBuff | null = last; f !== null; f = f.next) {
-        if (skbShared(f)) return this.say(`chain(#${head.id}, #${tail.id}): frag_list is shared, skipped`);
-        last = f;
-      }
-      last.next = tail.skb;
-      depth++;
-    }
-    tail.skb.next = null;
-    head.skb.len += tail.skb.len;
-    head.skb.dataLen += tail.skb.len;
+    const appended = this.hasFragList(head.skb);
+    skbFragListAppend(head.skb, tail.skb);
     head.model = concat([head.model, tail.model]);
     head.tainted ||= tail.tainted;
     this.remove(tail);
-    this.say(`#${tail.id} joins the frag_list of #${head.id}${depth > 0 ? ' (appended)' : ''}`);
+    this.say(`#${tail.id} joins the frag_list of #${head.id}${appended ? ' (appended)' : ''}`);
   }
 
   private free(a: number, b: number): void {

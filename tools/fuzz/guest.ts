@@ -1,9 +1,10 @@
-// The fake guest of the fuzz harness: a block of "guest memory" frames in a SharedArrayBuffer, filled with a
+// The fake guest of the fuzz harness: a block of guest memory (shared/memory.ts) whose frames are filled with a
 // pattern unique to each mapping and poisoned when the grant comes back, so a read through a page whose
 // grant was returned too early shows up as corrupt data (the second, independent detector).
+import { GuestMemory, XEN_PAGE_SIZE } from '../../shared/memory.js';
 
-/** Bytes in a guest frame (xen/include/public/grant_table.h: grants are page-sized, 4 KiB on x86). */
-export const FRAME_SIZE = 4096;
+/** Bytes in a guest frame (include/xen/page.h XEN_PAGE_SIZE). */
+export const FRAME_SIZE = XEN_PAGE_SIZE;
 
 /** The byte the guest fills a frame with once its grant is handed back (a use-after-free becomes visible). */
 export const POISON_BYTE = 0xdb;
@@ -11,10 +12,10 @@ export const POISON_BYTE = 0xdb;
 /** The guest's domain id as netback sees it. */
 export const GUEST_DOMID = 1;
 
-/** A guest's memory: `frames` frames of FRAME_SIZE bytes, a FIFO of free frames, and grant references. */
-export class GuestMemory {
+/** A fake guest: `frames` frames of guest memory, a FIFO of free frames, grant references, fill and poison. */
+export class FakeGuest {
   readonly frames: number;
-  readonly buffer: SharedArrayBuffer;
+  readonly memory: GuestMemory;
   private readonly bytes: Uint8Array[] = [];
   private readonly words: Uint32Array[] = [];
   private readonly freeRing: Int32Array;
@@ -24,12 +25,12 @@ export class GuestMemory {
 
   constructor(frames: number) {
     this.frames = frames;
-    this.buffer = new SharedArrayBuffer(frames * FRAME_SIZE);
+    this.memory = GuestMemory.create(frames);
     this.freeRing = new Int32Array(frames);
     for (let f = 0; f < frames; f++) {
       // Views built once: a mapping never allocates.
-      this.bytes.push(new Uint8Array(this.buffer, f * FRAME_SIZE, FRAME_SIZE));
-      this.words.push(new Uint32Array(this.buffer, f * FRAME_SIZE, FRAME_SIZE / 4));
+      this.bytes.push(this.memory.frame(f));
+      this.words.push(new Uint32Array(this.memory.sab, f * FRAME_SIZE, FRAME_SIZE / 4));
       this.freeRing[f] = f;
     }
     this.freeCount = frames;

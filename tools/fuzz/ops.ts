@@ -13,6 +13,8 @@ export const OP_KINDS = [
   'expand_head', // pskb_expand_head
   'pull_tail', // __pskb_pull_tail
   'may_pull', // pskb_may_pull
+  'pull', // pskb_pull (eth_type_trans style: the data pointer moves past pulled bytes)
+  'header_release', // skb_header_release (TCP: the skb keeps a payload-only reference)
   'linearize', // skb_linearize
   'split', // skb_split (tcp_fragment)
   'segment', // skb_segment (software GSO), sg on or off
@@ -46,6 +48,8 @@ const WEIGHTS: Readonly<Record<OpKind, number>> = {
   expand_head: 8,
   pull_tail: 6,
   may_pull: 4,
+  pull: 4,
+  header_release: 2,
   linearize: 3,
   split: 6,
   segment: 5,
