@@ -1,6 +1,6 @@
 import test from 'ava';
 import { fc, testProp } from '@fast-check/ava';
-import type { Page } from '../../backend/page.js';
+import { getPage, type Page } from '../../backend/page.js';
 import { naive, rusty, type GrantSink, type ReleaseDesign } from '../../backend/release.js';
 import type { SkBuff } from '../../backend/skbuff.js';
 import { Random } from '../../shared/random.js';
@@ -94,6 +94,17 @@ test('a sink that never hands pages back is caught as leaks at quiescence', (t) 
   t.true(r.leaks > 0);
   t.is(r.earlyReturns + r.doubleReturns + r.dataMismatches, 0);
   t.regex(r.messages[0]!, /^leak of gref \d+ \(domid 1, page \d+\): mapped at step [12], unreachable and not returned at quiescence \(step 3\)$/);
+});
+
+test('a stack that leaks a page reference is caught when the grant comes back', (t) => {
+  const pinning = variant('pinning', (skb, pages, sink) => {
+    rusty.attach(skb, pages, sink);
+    for (const p of pages) getPage(skb.ctx, p); // a get_page nobody puts
+  });
+  const r = executeOps([BUILD, { op: 'free', a: 0, b: 0, c: 0 }], { design: pinning });
+  t.true(r.errors > 0);
+  t.is(r.earlyReturns + r.doubleReturns + r.leaks, 0);
+  t.regex(r.messages[0]!, /^step 2: page \d+ came back unreachable but still holds 1 stack page references$/);
 });
 
 test('a mechanism that reads the wrong bytes is caught by the content model', (t) => {

@@ -239,6 +239,9 @@ class World {
       if (page.count === 1) {
         unbindForeignPage(this.ctx, page);
         this.freePages.push(page);
+      } else if (!this.oracle.isReachable(page)) {
+        // Returned in time, yet get_page/put_page do not balance: the stack leaked a page reference.
+        this.error(`step ${this.oracle.step}: page ${id} came back unreachable but still holds ${page.count - 1} stack page references`);
       }
     }
     q.length = 0;
