@@ -39,7 +39,47 @@ export const TX_COPY_LEN = 128;
 /** The byte a guest writes over a page whose grant came back. */
 export const GUEST_POISON = 0xdb;
 
-/** The uplink NIC double: puts frames on the wire at once, completes (frees) them after a delay. */
+/** The bytes an skb carries now. */
+export function bytesOf(skb: SkBuff): Uint8Array {
+  const b = new Uint8Array(skb.len);
+  if (skbCopyBits(skb, 0, b, 0, skb.len) !== 0) throw new Error('bytesOf: skb_copy_bits failed');
+  return b;
+}
+
+/** A clone held by a tap, with its bytes and GSO fields when taken: they must not change while it is held. */
+interface Tapped {
+  at: number;
+  skb: SkBuff;
+  bytes: Uint8Array;
+  gso: string;
+}
+
+/** Takes a tap clone of `skb`. */
+function tapClone(skb: SkBuff, at: number): Tapped {
+  const c = skbClone(skb);
+  return { at, skb: c, bytes: bytesOf(c), gso: gsoOf(c) };
+}
+
+function gsoOf(skb: SkBuff): string {
+  const s = skb.shinfo;
+  return `${s.gsoSize}/${s.gsoSegs}/${s.gsoType}`;
+}
+
+/** Frees tapped clones that are due; records any whose bytes changed while held. */
+function releaseTapped(q: Tapped[], now: number, corrupt: string[], what: string): void {
+  let n = 0;
+  while (n < q.length && q[n]!.at <= now) {
+    const e = q[n++]!;
+    const b = bytesOf(e.skb);
+    if (b.length !== e.bytes.length || b.some((v, i) => v !== e.bytes[i])) corrupt.push(`${what}: a held clone's bytes changed`);
+    const g = gsoOf(e.skb);
+    if (g !== e.gso) corrupt.push(`${what}: a held clone's gso fields changed from ${e.gso} to ${g}`);
+    kfreeSkb(e.skb);
+  }
+  if (n > 0) q.splice(0, n);
+}
+
+/** The uplink NIC double: frames wait in the ring for a completion delay, then go to the wire and are freed. */
 export class FakeNic implements NetDevice, SkbHolder {
   readonly name = 'eth0';
   readonly mtu = 1500;
@@ -52,8 +92,10 @@ export class FakeNic implements NetDevice, SkbHolder {
   /** Wire loss decided by the test: frame index (0-based over all frames) and its parsed seq/payload. */
   dropIf: ((index: number, seq: number, payloadLen: number, flags: number) => boolean) | null = null;
   dropped = 0;
-  private readonly ring: { at: number; skb: SkBuff }[] = [];
-  private readonly tap: { at: number; skb: SkBuff }[] = [];
+  /** Tapped clones whose bytes changed while held (someone wrote into shared data). */
+  readonly tapCorrupt: string[] = [];
+  private readonly ring: { at: number; skb: SkBuff; drop: boolean }[] = [];
+  private readonly tap: Tapped[] = [];
   private readonly hdr = new Uint8Array(ETH_HLEN + IPV4_HLEN + TCP_HLEN);
 
   constructor(
@@ -82,18 +124,22 @@ export class FakeNic implements NetDevice, SkbHolder {
       const limit = this.features.tso ? 0xffff - IPV4_HLEN - TCP_HLEN : this.mtu - IPV4_HLEN - TCP_HLEN;
       if (plen > limit) this.oversize.push(`frame ${index}: payload ${plen} > ${limit}`);
     }
-    if (this.tapProb > 0 && this.random.chance(this.tapProb)) this.tap.push({ at: now + this.tapHoldMs, skb: skbClone(skb) });
-    if (this.dropIf !== null && this.dropIf(index, seq, plen, flags)) this.dropped++;
-    else this.wire(skb); // the peer reads the bytes before the NIC frees the skb
-    this.ring.push({ at: now + this.completionMs, skb });
+    if (this.tapProb > 0 && this.random.chance(this.tapProb)) this.tap.push(tapClone(skb, now + this.tapHoldMs));
+    const drop = this.dropIf !== null && this.dropIf(index, seq, plen, flags);
+    if (drop) this.dropped++;
+    this.ring.push({ at: now + this.completionMs, skb, drop });
   }
 
+  /** TX completion: due frames go to the wire (the peer reads their bytes), then are freed. */
   poll(now: number): void {
-    for (const q of [this.ring, this.tap]) {
-      let n = 0;
-      while (n < q.length && q[n]!.at <= now) consumeSkb(q[n++]!.skb);
-      if (n > 0) q.splice(0, n);
+    let n = 0;
+    while (n < this.ring.length && this.ring[n]!.at <= now) {
+      const e = this.ring[n++]!;
+      if (!e.drop) this.wire(e.skb);
+      consumeSkb(e.skb);
     }
+    if (n > 0) this.ring.splice(0, n);
+    releaseTapped(this.tap, now, this.tapCorrupt, 'uplink tap');
   }
 
   nextDeadline(): number {
@@ -145,6 +191,8 @@ export interface RigOptions {
   readonly tapHoldMs?: number;
   /** Probability that a guest frame is also cloned by a LAN-side tap (its head becomes shared). */
   readonly lanTapProb?: number;
+  /** How long the LAN-side tap holds its clone, ms. Default 2. */
+  readonly lanTapHoldMs?: number;
   readonly endpoint?: Partial<TcpEndpointOptions>;
   readonly peer?: Partial<TcpPeerOptions>;
   /** Guest pages available for mapping at once (netback's pending slots). */
@@ -182,7 +230,9 @@ export class Rig {
   readonly streams: GuestStream[] = [];
   readonly grants: GrantReport = { bound: 0, released: 0, early: [], double: [] };
   /** skbs held by the LAN-side tap (roots for the checker). */
-  readonly lanTap: { at: number; skb: SkBuff }[] = [];
+  readonly lanTap: Tapped[] = [];
+  /** LAN-tap clones whose bytes changed while held. */
+  readonly lanTapCorrupt: string[] = [];
   /** Frames from the endpoint on their way to the guests (delivered by the loop, never re-entrantly). */
   readonly lanInbox: SkBuff[] = [];
   /** Every page handed back, in order (for tests that look at one release). */
@@ -509,7 +559,7 @@ export class Rig {
     }
     if (pages.length > 0) this.ctx.design.attach(skb, pages, this.sink);
     if (this.opts.lanTapProb !== undefined && this.random.chance(this.opts.lanTapProb)) {
-      this.lanTap.push({ at: this.clock.now() + 2, skb: skbClone(skb) });
+      this.lanTap.push(tapClone(skb, this.clock.now() + (this.opts.lanTapHoldMs ?? 2)));
     }
     this.ep.startXmit(skb);
     this.check();
@@ -565,9 +615,7 @@ export class Rig {
   }
 
   private pollLanTap(now: number): void {
-    let n = 0;
-    while (n < this.lanTap.length && this.lanTap[n]!.at <= now) kfreeSkb(this.lanTap[n++]!.skb);
-    if (n > 0) this.lanTap.splice(0, n);
+    releaseTapped(this.lanTap, now, this.lanTapCorrupt, 'LAN tap');
   }
 }
 

@@ -46,6 +46,8 @@ function assertClean(t: import('ava').ExecutionContext, rig: Rig, ok: boolean, l
   t.is(rig.ep.stats.bytesAcked, rig.streams.length * (rig.streams[0]?.total ?? 0), ctx);
   t.deepEqual(rig.balance(), { skbs: 0, shinfos: 0, pageRefs: 0, localPages: 0 }, `${ctx}: skbuff stats unbalanced`);
   t.deepEqual(rig.nic.oversize, [], ctx);
+  t.deepEqual(rig.nic.tapCorrupt, [], `${ctx}: a tapped uplink frame changed while held`);
+  t.deepEqual(rig.lanTapCorrupt, [], `${ctx}: a tapped guest frame changed while held`);
   t.is(rig.duplicateVisit, null, ctx);
   t.is(rig.ep.stats.allocFailures, 0, ctx);
   let held = 0;
@@ -421,6 +423,30 @@ test('a partial ACK trims the head skb: fully ACKed pages leave it, the rest sta
   }
   t.is(rig.grants.released, 0, 'the shinfo destructor fires only when the whole skb is gone');
   assertClean(t, rig, rig.run());
+});
+
+test('taps holding every frame across RTOs: shared skbs are copied or uncloned before any change, and no tapped frame changes', (t) => {
+  // Clones outlive retransmissions, so tcp_transmit_skb must pskb_copy, and tcp_fragment, tcp_trim_head and the
+  // GSO fields must unclone first; the guest frames' heads stay shared with the LAN tap while they are queued.
+  const rig = new Rig({
+    seed: 15,
+    design: rusty,
+    streams: 2,
+    bytesPerStream: 120_000,
+    tso: true,
+    maxFrame: 9000,
+    loss: 0.05,
+    partialAck: 0.3,
+    tapProb: 1,
+    tapHoldMs: 200,
+    lanTapProb: 1,
+    lanTapHoldMs: 200,
+  });
+  assertClean(t, rig, rig.run());
+  const s = rig.ep.stats;
+  t.true(s.pskbCopies > 0, 'retransmissions of still-cloned skbs');
+  t.true(s.uncloned > 0, 'received skbs uncloned before queueing');
+  t.true(s.fragments > 0 && s.partialAcks > 0 && s.rtoEvents > 0);
 });
 
 // ---------------------------------------------------------------------------------------------------------
