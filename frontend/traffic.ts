@@ -1,0 +1,853 @@
+// The guest's traffic: frame builders (Ethernet/IPv4 + UDP with tagged payloads, or TCP segments whose payload
+// bytes are the stream pattern of shared/payload.ts), the receive-side verifier, a minimal TCP bulk sender for
+// the backend's local TCP endpoint (backend/tcp.ts), and a seeded mix of all of it. Frames are described by a
+// reusable TxFrame and written straight into the guest page (or one scratch buffer) by netfront: no allocation
+// per packet. Stream conventions match the endpoint and its remote peer (backend/tcp-peer.ts): a TCP stream's
+// id is the guest's source port and the byte at sequence number isn + 1 + k is patternByte(sport, k).
+//
+// Departures from Linux TCP (the sender is deliberately minimal): no options (no MSS option, SACK, timestamps,
+// window scaling), go-back-N after a timeout instead of SACK/fast retransmit, a fixed RTO that doubles on each
+// timeout, no congestion window (the peer's advertised window and `maxInflight` bound what is in flight).
+import type { Clock } from '../shared/clock.js';
+import { ETH_BROADCAST, ETH_HLEN, ETH_P_IP, ETH_ZLEN, parseEthHeader, writeEthHeader } from '../shared/ether.js';
+import {
+  IPPROTO_TCP,
+  IPPROTO_UDP,
+  IPV4_HLEN,
+  TCPHDR_ACK,
+  TCPHDR_FIN,
+  TCPHDR_PSH,
+  TCPHDR_RST,
+  TCPHDR_SYN,
+  TCP_HLEN,
+  UDP_HLEN,
+  get16,
+  get32,
+  l4ChecksumOk,
+  parseIpv4Header,
+  writeIpv4Header,
+  writeL4Checksum,
+  writeTcpHeader,
+  writeUdpHeader,
+} from '../shared/inet.js';
+import { NETRXF_csum_blank, NETRXF_data_validated, XEN_NETIF_MAX_TX_SIZE } from '../shared/netif.js';
+import { PAYLOAD_TAG_LEN, checkTaggedPayload, patternByte } from '../shared/payload.js';
+import type { Random } from '../shared/random.js';
+import type { TxPacket, TxSource } from './netfront.js';
+
+// ---- Pattern fill ----------------------------------------------------------------------------------------
+
+/** patternByte(stream, pos) depends on pos only modulo 2^16 (251 and 13 * 256 vanish mod 256 at that period). */
+export const PATTERN_PERIOD = 0x10000;
+
+/**
+ * Per-stream tables of two pattern periods, so any run of up to PATTERN_PERIOD bytes is one `set` from a
+ * subarray: filling 64 KiB costs a memcpy instead of a byte loop. Least recently used streams are evicted.
+ */
+export class PatternCache {
+  private readonly tables = new Map<number, Uint8Array>();
+
+  /** Keeps at most `capacity` streams' tables (128 KiB each). */
+  constructor(readonly capacity = 8) {
+    if (!Number.isInteger(capacity) || capacity < 1) throw new RangeError(`capacity must be a positive integer but got ${capacity}`);
+  }
+
+  private table(stream: number): Uint8Array {
+    const s = stream >>> 0;
+    let t = this.tables.get(s);
+    if (t !== undefined) {
+      // Re-insert to mark it most recently used (Map keeps insertion order).
+      this.tables.delete(s);
+      this.tables.set(s, t);
+      return t;
+    }
+    if (this.tables.size >= this.capacity) this.tables.delete(this.tables.keys().next().value!);
+    t = new Uint8Array(2 * PATTERN_PERIOD);
+    for (let i = 0; i < t.length; i++) t[i] = patternByte(s, i);
+    this.tables.set(s, t);
+    return t;
+  }
+
+  /** Same bytes as payload.ts fillPattern(buf, off, len, stream, pos), copied from the stream's table. */
+  fill(buf: Uint8Array, off: number, len: number, stream: number, pos: number): void {
+    const t = this.table(stream);
+    let done = 0;
+    while (done < len) {
+      const n = Math.min(len - done, PATTERN_PERIOD);
+      const start = ((pos + done) >>> 0) & (PATTERN_PERIOD - 1);
+      buf.set(t.subarray(start, start + n), off + done);
+      done += n;
+    }
+  }
+}
+
+// ---- Frames ----------------------------------------------------------------------------------------------
+
+/** TxFrame kind: Ethernet/IPv4/UDP with a tagged payload. */
+export const FRAME_UDP = 1;
+/** TxFrame kind: Ethernet/IPv4/TCP whose payload is the stream pattern. */
+export const FRAME_TCP = 2;
+
+/** Largest TCP payload one frame may carry so that the whole frame fits a tx_request size (u16). */
+export const TCP_MAX_FRAME_PAYLOAD = XEN_NETIF_MAX_TX_SIZE - ETH_HLEN - IPV4_HLEN - TCP_HLEN;
+
+/** Addresses and ports of one direction of a flow. */
+export interface Flow {
+  readonly srcMac: number;
+  readonly dstMac: number;
+  readonly saddr: number;
+  readonly daddr: number;
+  readonly sport: number;
+  readonly dport: number;
+}
+
+const defaultCache = new PatternCache(8);
+
+/**
+ * One frame to transmit, described by fields and written on demand (a netfront TxPacket). A source owns one
+ * and refills it for each packet, so sending allocates nothing.
+ */
+export class TxFrame implements TxPacket {
+  kind = FRAME_UDP;
+  /** Whole frame length, padding included. */
+  len = 0;
+  pageOffset = 0;
+  csumBlank = false;
+  gsoSize = 0;
+  srcMac = 0;
+  dstMac = 0;
+  saddr = 0;
+  daddr = 0;
+  sport = 0;
+  dport = 0;
+  ipId = 0;
+  ttl = 64;
+  /** Pattern stream and position of the payload (after the tag, for UDP). */
+  stream = 0;
+  pos = 0;
+  payloadLen = 0;
+  seq = 0;
+  ack = 0;
+  tcpFlags = 0;
+  window = 0;
+
+  constructor(private readonly cache: PatternCache = defaultCache) {}
+
+  /** Makes this a UDP datagram of `payloadLen` >= PAYLOAD_TAG_LEN bytes tagged (stream, pos). */
+  setUdp(flow: Flow, stream: number, pos: number, payloadLen: number, csumBlank: boolean): this {
+    if (!Number.isInteger(payloadLen) || payloadLen < PAYLOAD_TAG_LEN || payloadLen > 0xffff - IPV4_HLEN - UDP_HLEN) {
+      throw new RangeError(`UDP payload must be ${PAYLOAD_TAG_LEN}..${0xffff - IPV4_HLEN - UDP_HLEN} bytes but got ${payloadLen}`);
+    }
+    this.kind = FRAME_UDP;
+    this.setFlow(flow);
+    this.stream = stream >>> 0;
+    this.pos = pos >>> 0;
+    this.payloadLen = payloadLen;
+    this.csumBlank = csumBlank;
+    this.gsoSize = 0;
+    this.len = Math.max(ETH_ZLEN, ETH_HLEN + IPV4_HLEN + UDP_HLEN + payloadLen);
+    return this;
+  }
+
+  /**
+   * Makes this a TCP segment: `payloadLen` pattern bytes of `stream` from `pos`; `gsoSize` > 0 asks the backend
+   * to segment it (XEN_NETIF_GSO_TYPE_TCPV4 with that MSS).
+   */
+  setTcp(flow: Flow, seq: number, ack: number, flags: number, window: number, stream: number, pos: number, payloadLen: number, gsoSize: number): this {
+    if (!Number.isInteger(payloadLen) || payloadLen < 0 || payloadLen > TCP_MAX_FRAME_PAYLOAD) {
+      throw new RangeError(`TCP payload must be 0..${TCP_MAX_FRAME_PAYLOAD} bytes but got ${payloadLen}`);
+    }
+    this.kind = FRAME_TCP;
+    this.setFlow(flow);
+    this.seq = seq >>> 0;
+    this.ack = ack >>> 0;
+    this.tcpFlags = flags;
+    this.window = window;
+    this.stream = stream >>> 0;
+    this.pos = pos >>> 0;
+    this.payloadLen = payloadLen;
+    // Linux sends locally generated TCP as CHECKSUM_PARTIAL: netfront marks it csum_blank.
+    this.csumBlank = true;
+    this.gsoSize = gsoSize;
+    this.len = Math.max(ETH_ZLEN, ETH_HLEN + IPV4_HLEN + TCP_HLEN + payloadLen);
+    return this;
+  }
+
+  private setFlow(flow: Flow): void {
+    this.srcMac = flow.srcMac;
+    this.dstMac = flow.dstMac;
+    this.saddr = flow.saddr >>> 0;
+    this.daddr = flow.daddr >>> 0;
+    this.sport = flow.sport;
+    this.dport = flow.dport;
+  }
+
+  /** Writes the whole frame contiguously at `off` (len bytes): headers, payload, checksums, zero padding. */
+  writeTo(buf: Uint8Array, off: number): void {
+    const udp = this.kind === FRAME_UDP;
+    const l4hdr = udp ? UDP_HLEN : TCP_HLEN;
+    const l4len = l4hdr + this.payloadLen;
+    const proto = udp ? IPPROTO_UDP : IPPROTO_TCP;
+    writeEthHeader(buf, off, this.dstMac, this.srcMac, ETH_P_IP);
+    const l3 = off + ETH_HLEN;
+    writeIpv4Header(buf, l3, { totalLen: IPV4_HLEN + l4len, id: this.ipId, ttl: this.ttl, proto, saddr: this.saddr, daddr: this.daddr });
+    const l4 = l3 + IPV4_HLEN;
+    const data = l4 + l4hdr;
+    if (udp) {
+      writeUdpHeader(buf, l4, this.sport, this.dport, l4len);
+      const v = new DataView(buf.buffer, buf.byteOffset + data, PAYLOAD_TAG_LEN);
+      v.setUint32(0, this.stream, true);
+      v.setUint32(4, this.pos, true);
+      this.cache.fill(buf, data + PAYLOAD_TAG_LEN, this.payloadLen - PAYLOAD_TAG_LEN, this.stream, this.pos);
+    } else {
+      writeTcpHeader(buf, l4, { sport: this.sport, dport: this.dport, seq: this.seq, ack: this.ack, flags: this.tcpFlags, window: this.window });
+      this.cache.fill(buf, data, this.payloadLen, this.stream, this.pos);
+    }
+    writeL4Checksum(buf, l4, l4len, proto, this.saddr, this.daddr, this.csumBlank);
+    const end = data + this.payloadLen;
+    if (end < off + this.len) buf.fill(0, end, off + this.len);
+  }
+
+  /** The frame as a fresh array (tests and tools; the data path uses writeTo). */
+  toBytes(): Uint8Array {
+    const b = new Uint8Array(this.len);
+    this.writeTo(b, 0);
+    return b;
+  }
+}
+
+// ---- Receive-side verification ---------------------------------------------------------------------------
+
+/** Verdict: the payload was checked against its pattern and matches. */
+export const RX_VERIFIED = 0;
+/** Verdict: a well-formed frame without a checkable payload (ARP, TCP control segments, short UDP). */
+export const RX_UNVERIFIED = 1;
+/** Verdict: the Ethernet, IPv4 or L4 headers are malformed. */
+export const RX_BAD_FRAME = 2;
+/** Verdict: the L4 checksum is wrong (only checked when the backend claims neither csum_blank nor data_validated). */
+export const RX_BAD_CHECKSUM = 3;
+/** Verdict: the payload does not match its pattern (a poisoned or misplaced page). */
+export const RX_CORRUPT_PAYLOAD = 4;
+
+/** A received frame's L4 fields, valid after verify() returned RX_VERIFIED or RX_UNVERIFIED for IPv4 TCP/UDP. */
+export interface RxL4Info {
+  proto: number;
+  saddr: number;
+  daddr: number;
+  sport: number;
+  dport: number;
+  /** Offset of the L4 header and of its payload in the verified buffer. */
+  l4Off: number;
+  payloadOff: number;
+  payloadLen: number;
+}
+
+/**
+ * Checks received frames as the guest stack would (eth_type_trans, ip_rcv, udp/tcp checksum) and then the payload
+ * pattern. With NETRXF_csum_blank or NETRXF_data_validated the L4 checksum is trusted, as Linux netfront does
+ * (CHECKSUM_PARTIAL / CHECKSUM_UNNECESSARY); the pattern check still runs. Peer bytes never throw.
+ */
+export class FrameVerifier {
+  /** Why the last verify() did not return RX_VERIFIED or RX_UNVERIFIED, or null. */
+  error: string | null = null;
+  /** L4 fields of the last frame (proto 0 when it was not IPv4 TCP/UDP). */
+  readonly l4: RxL4Info = { proto: 0, saddr: 0, daddr: 0, sport: 0, dport: 0, l4Off: 0, payloadOff: 0, payloadLen: 0 };
+
+  /** Verifies the `len`-byte frame at `off`; `rxFlags` are the first RX response's NETRXF_* flags. */
+  verify(buf: Uint8Array, off: number, len: number, rxFlags: number): number {
+    this.error = null;
+    const l4 = this.l4;
+    l4.proto = 0;
+    const eth = parseEthHeader(buf, off, len);
+    if (!eth.ok) return this.fail(RX_BAD_FRAME, eth.error);
+    if (eth.value.proto !== ETH_P_IP) return RX_UNVERIFIED;
+    const ip = parseIpv4Header(buf, off + ETH_HLEN, len - ETH_HLEN);
+    if (!ip.ok) return this.fail(RX_BAD_FRAME, ip.error);
+    const h = ip.value;
+    if (h.proto !== IPPROTO_UDP && h.proto !== IPPROTO_TCP) return RX_UNVERIFIED;
+    const l4Off = off + ETH_HLEN + h.ihl;
+    const l4len = h.totalLen - h.ihl;
+    let hdr: number;
+    if (h.proto === IPPROTO_UDP) {
+      if (l4len < UDP_HLEN) return this.fail(RX_BAD_FRAME, `UDP header is truncated: expected >= ${UDP_HLEN} bytes but got ${l4len}`);
+      const ulen = get16(buf, l4Off + 4);
+      if (ulen !== l4len) return this.fail(RX_BAD_FRAME, `UDP length is corrupt: expected ${l4len} but got ${ulen}`);
+      hdr = UDP_HLEN;
+    } else {
+      if (l4len < TCP_HLEN) return this.fail(RX_BAD_FRAME, `TCP header is truncated: expected >= ${TCP_HLEN} bytes but got ${l4len}`);
+      hdr = (buf[l4Off + 12]! >>> 4) * 4;
+      if (hdr < TCP_HLEN || hdr > l4len) return this.fail(RX_BAD_FRAME, `TCP doff is corrupt: expected ${TCP_HLEN} <= x <= ${l4len} but got ${hdr}`);
+    }
+    if ((rxFlags & (NETRXF_csum_blank | NETRXF_data_validated)) === 0 && !l4ChecksumOk(buf, l4Off, l4len, h.proto, h.saddr, h.daddr)) {
+      return this.fail(RX_BAD_CHECKSUM, `${h.proto === IPPROTO_UDP ? 'UDP' : 'TCP'} checksum is wrong`);
+    }
+    l4.proto = h.proto;
+    l4.saddr = h.saddr;
+    l4.daddr = h.daddr;
+    l4.sport = get16(buf, l4Off);
+    l4.dport = get16(buf, l4Off + 2);
+    l4.l4Off = l4Off;
+    l4.payloadOff = l4Off + hdr;
+    l4.payloadLen = l4len - hdr;
+    // Only UDP payloads carry their own (stream, position); a TCP payload's position needs the connection.
+    if (h.proto !== IPPROTO_UDP || l4.payloadLen <= PAYLOAD_TAG_LEN) return RX_UNVERIFIED;
+    const p = checkTaggedPayload(buf, l4.payloadOff, l4.payloadLen);
+    if (!p.ok) return this.fail(RX_CORRUPT_PAYLOAD, p.error);
+    return RX_VERIFIED;
+  }
+
+  private fail(verdict: number, message: string): number {
+    this.error = message;
+    return verdict;
+  }
+}
+
+// ---- TCP bulk sender -------------------------------------------------------------------------------------
+
+/** Sender states (include/net/tcp_states.h names where they apply). */
+export const TCP_CLOSE = 7;
+export const TCP_SYN_SENT = 2;
+export const TCP_ESTABLISHED = 1;
+export const TCP_FIN_WAIT1 = 4;
+/** The FIN was ACKed (and the peer's FIN seen): the stream is complete. */
+export const TCP_DONE = 11;
+
+/** Options of a TcpBulkSender. */
+export interface TcpBulkOptions {
+  readonly clock: Clock;
+  readonly random: Random;
+  /** Our addresses and the endpoint's; `sport` is also the stream id the remote peer checks. */
+  readonly flow: Flow;
+  /** Largest payload of one non-GSO segment. Default 1460. */
+  readonly mss?: number;
+  /** Send segments of up to ~64 KiB with a GSO extra (the backend offered feature-gso-tcpv4). Default false. */
+  readonly gso?: boolean;
+  /** Most unACKed bytes in flight (besides the peer's window). Default 256 KiB. */
+  readonly maxInflight?: number;
+  /** Stream bytes to send before the FIN; Infinity sends until close(). Default Infinity. */
+  readonly totalBytes?: number;
+  /** Retransmission timeout, ms: initial value and ceiling after doubling. Defaults 200 and 5000. */
+  readonly rtoMs?: number;
+  readonly rtoMaxMs?: number;
+  /** The receive window we advertise (we never receive data). Default 65535. */
+  readonly window?: number;
+}
+
+/** Sender counters. */
+export interface TcpBulkStats {
+  segments: number;
+  /** Stream bytes sent for the first time. */
+  bytesSent: number;
+  /** Stream bytes the endpoint ACKed. */
+  bytesAcked: number;
+  retransmitSegments: number;
+  timeouts: number;
+  acksIn: number;
+  /** Segments from the endpoint that were not acceptable (bad ACK, wrong state). */
+  badSegments: number;
+  resets: number;
+  gsoSegments: number;
+}
+
+/**
+ * A minimal TCP sender of one bulk stream to the backend's local TCP endpoint: SYN handshake, a window of
+ * unACKed bytes bounded by the advertised window, cumulative ACKs, go-back-N resend on timeout, FIN. Feed it
+ * every received frame with receive(); take segments to send with next().
+ */
+export class TcpBulkSender {
+  state = TCP_CLOSE;
+  readonly stats: TcpBulkStats = { segments: 0, bytesSent: 0, bytesAcked: 0, retransmitSegments: 0, timeouts: 0, acksIn: 0, badSegments: 0, resets: 0, gsoSegments: 0 };
+  readonly mss: number;
+  /** Largest payload of one segment: mss, or the biggest multiple of it a GSO frame holds. */
+  readonly segMax: number;
+  private readonly clock: Clock;
+  private readonly random: Random;
+  private readonly flow: Flow;
+  private readonly maxInflight: number;
+  private readonly totalBytes: number;
+  private readonly rtoInit: number;
+  private readonly rtoMax: number;
+  private readonly window: number;
+  private isn = 0;
+  private sndUna = 0;
+  private sndNxt = 0;
+  /** Highest sequence number sent (snd_nxt before a go-back-N rewind). */
+  private sndMax = 0;
+  private sndWnd = 0;
+  private rcvNxt = 0;
+  private rto: number;
+  private rtoAt = Infinity;
+  private ackPending = false;
+  private closing = false;
+  private finSeq = -1;
+  private peerFin = false;
+  private ipId = 0;
+
+  constructor(opts: TcpBulkOptions) {
+    this.clock = opts.clock;
+    this.random = opts.random;
+    this.flow = opts.flow;
+    this.mss = checkInt('mss', opts.mss ?? 1460, 1, TCP_MAX_FRAME_PAYLOAD);
+    this.segMax = opts.gso === true ? Math.floor(TCP_MAX_FRAME_PAYLOAD / this.mss) * this.mss : this.mss;
+    this.maxInflight = checkInt('maxInflight', opts.maxInflight ?? 262144, 1, 2 ** 30);
+    const total = opts.totalBytes ?? Infinity;
+    if (total !== Infinity && (!Number.isInteger(total) || total < 0 || total > 2 ** 31)) {
+      throw new RangeError(`totalBytes must be Infinity or an integer in [0, 2^31] but got ${total}`);
+    }
+    this.totalBytes = total;
+    this.rtoInit = checkInt('rtoMs', opts.rtoMs ?? 200, 1, 2 ** 30);
+    this.rtoMax = checkInt('rtoMaxMs', opts.rtoMaxMs ?? 5000, this.rtoInit, 2 ** 30);
+    this.window = checkInt('window', opts.window ?? 0xffff, 0, 0xffff);
+    this.rto = this.rtoInit;
+  }
+
+  /** The stream id (our source port), as the remote peer names the stream. */
+  get stream(): number {
+    return this.flow.sport;
+  }
+
+  /** Stream bytes ACKed by the endpoint so far. */
+  get acked(): number {
+    return this.state === TCP_CLOSE || this.state === TCP_SYN_SENT ? 0 : (this.sndUna - this.isn - 1) >>> 0;
+  }
+
+  /** Opens the connection (the SYN goes out on the next next()); a closed or reset sender starts a new stream. */
+  open(): void {
+    this.isn = this.random.u32();
+    this.sndUna = this.isn;
+    this.sndNxt = this.isn;
+    this.sndMax = this.isn;
+    this.sndWnd = 0;
+    this.rcvNxt = 0;
+    this.rto = this.rtoInit;
+    this.rtoAt = -Infinity; // the SYN is due at once
+    this.ackPending = false;
+    this.closing = false;
+    this.finSeq = -1;
+    this.peerFin = false;
+    this.state = TCP_SYN_SENT;
+  }
+
+  /** Sends the FIN once every stream byte queued so far is sent (graceful close). */
+  close(): void {
+    this.closing = true;
+  }
+
+  /** Whether a segment is due now (so a mix can prefer it). */
+  hasWork(now: number): boolean {
+    if (this.state === TCP_SYN_SENT) return now >= this.rtoAt;
+    if (this.state === TCP_CLOSE || this.state === TCP_DONE) return false;
+    return this.ackPending || now >= this.rtoAt || this.sendable() > 0 || this.finDue();
+  }
+
+  /** Fills `f` with the next segment to send and returns true, or returns false when nothing is due. */
+  next(f: TxFrame, now: number): boolean {
+    switch (this.state) {
+      case TCP_SYN_SENT:
+        if (now < this.rtoAt) return false;
+        if (this.rtoAt !== -Infinity) this.timedOut(now);
+        this.rtoAt = now + this.rto;
+        this.sndNxt = this.sndMax = (this.isn + 1) >>> 0;
+        this.emit(f, this.isn, 0, TCPHDR_SYN, 0, 0);
+        return true;
+      case TCP_ESTABLISHED:
+      case TCP_FIN_WAIT1:
+        break;
+      default:
+        return false;
+    }
+    if (now >= this.rtoAt && this.sndNxt !== this.sndUna) {
+      this.timedOut(now);
+      this.sndNxt = this.sndUna; // go-back-N
+      this.rtoAt = now + this.rto;
+    } else if (now >= this.rtoAt && this.sndWnd === 0 && !this.allSent()) {
+      // Zero-window probe: one byte beyond the window makes the endpoint answer with its current window.
+      // The probe is not counted in flight; if the endpoint takes the byte, its ACK moves sndNxt past it.
+      this.timedOut(now);
+      this.rtoAt = now + this.rto;
+      const seq = this.sndNxt;
+      if (seqAfter((seq + 1) >>> 0, this.sndMax)) {
+        this.stats.bytesSent += 1;
+        this.sndMax = (seq + 1) >>> 0;
+      }
+      this.emit(f, seq, 1, TCPHDR_ACK, this.posOf(seq), 0);
+      return true;
+    }
+    const n = this.sendable();
+    if (n > 0) return this.sendData(f, Math.min(n, this.segMax));
+    if (this.finDue()) {
+      this.finSeq = this.sndNxt;
+      this.sndNxt = (this.sndNxt + 1) >>> 0;
+      if (seqAfter(this.sndNxt, this.sndMax)) this.sndMax = this.sndNxt;
+      if (this.rtoAt === Infinity) this.rtoAt = now + this.rto;
+      this.state = TCP_FIN_WAIT1;
+      this.emit(f, this.finSeq, 0, TCPHDR_FIN | TCPHDR_ACK, 0, 0);
+      return true;
+    }
+    if (this.ackPending) {
+      this.emit(f, this.sndNxt, 0, TCPHDR_ACK, 0, 0);
+      return true;
+    }
+    return false;
+  }
+
+  /** Offers a received frame; returns true when it belonged to this connection (and was consumed). */
+  receive(buf: Uint8Array, off: number, len: number): boolean {
+    if (len < ETH_HLEN + IPV4_HLEN + TCP_HLEN || get16(buf, off + 12) !== ETH_P_IP) return false;
+    const ip = parseIpv4Header(buf, off + ETH_HLEN, len - ETH_HLEN);
+    if (!ip.ok || ip.value.proto !== IPPROTO_TCP) return false;
+    const h = ip.value;
+    const th = off + ETH_HLEN + h.ihl;
+    if (h.totalLen - h.ihl < TCP_HLEN) return false;
+    const f = this.flow;
+    if (h.saddr !== f.daddr >>> 0 || h.daddr !== f.saddr >>> 0 || get16(buf, th) !== f.dport || get16(buf, th + 2) !== f.sport) return false;
+    const seq = get32(buf, th + 4);
+    const ack = get32(buf, th + 8);
+    const flags = buf[th + 13]! & 0x3f;
+    const window = get16(buf, th + 14);
+    this.segment(seq, ack, flags, window);
+    return true;
+  }
+
+  private segment(seq: number, ack: number, flags: number, window: number): void {
+    const now = this.clock.now();
+    if ((flags & TCPHDR_RST) !== 0) {
+      if (this.state !== TCP_CLOSE && this.state !== TCP_DONE) {
+        this.stats.resets++;
+        this.state = TCP_CLOSE;
+        this.rtoAt = Infinity;
+      }
+      return;
+    }
+    if ((flags & TCPHDR_ACK) === 0) {
+      this.stats.badSegments++;
+      return;
+    }
+    this.stats.acksIn++;
+    if (this.state === TCP_SYN_SENT) {
+      if ((flags & TCPHDR_SYN) === 0 || ack !== ((this.isn + 1) >>> 0)) {
+        this.stats.badSegments++;
+        return;
+      }
+      this.rcvNxt = (seq + 1) >>> 0;
+      this.sndUna = ack;
+      this.sndNxt = ack;
+      this.sndMax = ack;
+      this.sndWnd = window;
+      this.state = TCP_ESTABLISHED;
+      this.rto = this.rtoInit;
+      this.rtoAt = Infinity;
+      this.ackPending = true;
+      return;
+    }
+    if (this.state !== TCP_ESTABLISHED && this.state !== TCP_FIN_WAIT1) {
+      this.stats.badSegments++;
+      return;
+    }
+    if (seqAfter(ack, this.sndMax) || seqBefore(ack, this.sndUna)) {
+      this.stats.badSegments++;
+      return;
+    }
+    if (seqAfter(ack, this.sndUna)) {
+      const finAcked = this.finSeq >= 0 && ack === ((this.finSeq + 1) >>> 0);
+      this.stats.bytesAcked += ((ack - this.sndUna) >>> 0) - (finAcked ? 1 : 0);
+      this.sndUna = ack;
+      if (seqBefore(this.sndNxt, ack)) this.sndNxt = ack;
+      this.rto = this.rtoInit;
+      this.rtoAt = this.sndUna === this.sndMax ? Infinity : now + this.rto;
+    }
+    this.sndWnd = window;
+    if ((flags & TCPHDR_FIN) !== 0 && !this.peerFin && seq === this.rcvNxt) {
+      this.peerFin = true;
+      this.rcvNxt = (this.rcvNxt + 1) >>> 0;
+      this.ackPending = true;
+    }
+    // A closed window with nothing in flight arms the timer that sends the zero-window probe.
+    if (this.rtoAt === Infinity && this.sndWnd === 0 && this.dataLeft() > 0) this.rtoAt = now + this.rto;
+    if (this.finSeq >= 0 && this.sndUna === ((this.finSeq + 1) >>> 0) && this.peerFin && !this.ackPending) this.finish();
+  }
+
+  private finish(): void {
+    this.state = TCP_DONE;
+    this.rtoAt = Infinity;
+  }
+
+  private timedOut(now: number): void {
+    void now;
+    this.stats.timeouts++;
+    this.rto = Math.min(this.rtoMax, this.rto * 2);
+  }
+
+  /** Stream position of sequence number `seq`. */
+  private posOf(seq: number): number {
+    return (seq - this.isn - 1) >>> 0;
+  }
+
+  private allSent(): boolean {
+    return this.totalBytes !== Infinity && this.posOf(this.sndNxt) >= this.totalBytes;
+  }
+
+  private finDue(): boolean {
+    if (this.finSeq >= 0 && this.sndNxt !== ((this.finSeq + 1) >>> 0)) {
+      // A go-back-N rewind reached the FIN again: resend it once the data before it is out.
+      return this.sndNxt === this.finSeq;
+    }
+    if (this.finSeq >= 0) return false;
+    return (this.closing || this.totalBytes !== Infinity) && this.dataLeft() === 0;
+  }
+
+  /** Stream bytes not yet sent at sndNxt (Infinity for an endless stream that is not closing). */
+  private dataLeft(): number {
+    const end = this.finSeq >= 0 ? this.posOf(this.finSeq) : this.closing ? this.posOf(this.sndMax) : this.totalBytes;
+    return Math.max(0, end - this.posOf(this.sndNxt));
+  }
+
+  /** Bytes we may send now: what is left, within the peer's window and our in-flight cap; no silly small segments. */
+  private sendable(): number {
+    const inflight = (this.sndNxt - this.sndUna) >>> 0;
+    const room = Math.min(this.sndWnd, this.maxInflight) - inflight;
+    const n = Math.min(room, this.dataLeft());
+    if (n <= 0) return 0;
+    // Silly window avoidance: a sub-MSS piece only when it finishes the stream or nothing is in flight.
+    if (n < this.mss && n < this.dataLeft() && inflight > 0) return 0;
+    if (n > this.mss) return n - (n % this.mss);
+    return n;
+  }
+
+  private sendData(f: TxFrame, n: number): boolean {
+    const seq = this.sndNxt;
+    const retransmit = seqBefore(seq, this.sndMax);
+    this.sndNxt = (seq + n) >>> 0;
+    if (seqAfter(this.sndNxt, this.sndMax)) {
+      this.stats.bytesSent += retransmit ? (this.sndNxt - this.sndMax) >>> 0 : n;
+      this.sndMax = this.sndNxt;
+    }
+    if (retransmit) this.stats.retransmitSegments++;
+    if (this.rtoAt === Infinity || this.rtoAt === -Infinity) this.rtoAt = this.clock.now() + this.rto;
+    const gso = n > this.mss ? this.mss : 0;
+    if (gso > 0) this.stats.gsoSegments++;
+    const flags = TCPHDR_ACK | (this.sndNxt === this.sndMax ? TCPHDR_PSH : 0);
+    this.emit(f, seq, n, flags, this.posOf(seq), gso);
+    return true;
+  }
+
+  private emit(f: TxFrame, seq: number, payloadLen: number, flags: number, pos: number, gsoSize: number): void {
+    this.stats.segments++;
+    const ack = (flags & TCPHDR_ACK) !== 0 ? this.rcvNxt : 0;
+    if ((flags & TCPHDR_ACK) !== 0) this.ackPending = false;
+    f.setTcp(this.flow, seq, ack, flags, this.window, this.flow.sport, pos, payloadLen, gsoSize);
+    f.ipId = this.ipId;
+    this.ipId = (this.ipId + 1) & 0xffff;
+    if (this.peerFin && this.finSeq >= 0 && this.sndUna === ((this.finSeq + 1) >>> 0)) this.finish();
+  }
+}
+
+/** before() of include/net/tcp.h: is sequence number a before b (modulo 2^32)? */
+export function seqBefore(a: number, b: number): boolean {
+  return ((a - b) | 0) < 0;
+}
+
+/** after() of include/net/tcp.h. */
+export function seqAfter(a: number, b: number): boolean {
+  return seqBefore(b, a);
+}
+
+function checkInt(name: string, v: number, lo: number, hi: number): number {
+  if (!Number.isInteger(v) || v < lo || v > hi) throw new RangeError(`${name} must be an integer in [${lo}, ${hi}] but got ${v}`);
+  return v;
+}
+
+// ---- The mix ---------------------------------------------------------------------------------------------
+
+/** A host the mix sends to: its MAC and IPv4 address. */
+export interface TrafficHost {
+  readonly mac: number;
+  readonly ip: number;
+}
+
+/** Relative weights of the kinds of frames in the mix (0 disables a kind). */
+export interface TrafficWeights {
+  /** UDP to another guest's MAC. */
+  readonly guest: number;
+  /** UDP to the uplink host (leaves through the NIC). */
+  readonly uplink: number;
+  /** UDP to ff:ff:ff:ff:ff:ff / 255.255.255.255. */
+  readonly broadcast: number;
+  /** TCP bulk segments to the local endpoint. */
+  readonly tcp: number;
+}
+
+/** Options of a TrafficMix. */
+export interface TrafficMixOptions {
+  readonly clock: Clock;
+  readonly random: Random;
+  /** This guest. */
+  readonly self: TrafficHost;
+  /** Other guests on the bridge. */
+  readonly guests?: readonly TrafficHost[];
+  /** A host beyond the uplink NIC, or null. */
+  readonly uplink?: TrafficHost | null;
+  /** The backend's local TCP endpoint (with its port), or null for no TCP. */
+  readonly tcpEndpoint?: (TrafficHost & { readonly port: number }) | null;
+  /** Our TCP source port, which is also the stream id the remote peer checks; unique per guest. Default 10000. */
+  readonly tcpSport?: number;
+  /** Options for the TCP sender besides flow/clock/random. */
+  readonly tcp?: Omit<TcpBulkOptions, 'clock' | 'random' | 'flow' | 'mss'>;
+  /** MTU (sets the largest UDP frame and the MSS). Default 1500. */
+  readonly mtu?: number;
+  /** First UDP stream id; this guest's UDP streams are streamBase + destination index. Default 0. */
+  readonly streamBase?: number;
+  /** UDP ports. Defaults 40000 and 9 (discard). */
+  readonly udpSport?: number;
+  readonly udpDport?: number;
+  readonly weights?: Partial<TrafficWeights>;
+  /** Probability that a UDP frame is the minimum size (64 B) rather than the MTU size (or in between). Default 0.4. */
+  readonly smallFraction?: number;
+  /** Probability that a UDP frame is full MTU size (the rest are uniform in between). Default 0.4. */
+  readonly mtuFraction?: number;
+  /** Probability that a frame starts at a random offset in its page instead of 0 (exercises slot splits). Default 0.25. */
+  readonly randomOffsetFraction?: number;
+  /** Probability that a UDP datagram leaves its checksum to the backend (NETTXF_csum_blank). Default 0.5. */
+  readonly csumBlankFraction?: number;
+}
+
+/** Mix counters. */
+export interface TrafficMixStats {
+  udpGuest: number;
+  udpUplink: number;
+  broadcast: number;
+  tcp: number;
+}
+
+/** The minimum frame the mix sends (64 B on the wire without FCS, ETH_ZLEN + 4). */
+export const MIX_MIN_FRAME = 64;
+
+/**
+ * A seeded mix of guest traffic (a netfront TxSource): UDP to other guests, to the uplink and to broadcast with
+ * tagged payloads, and one TCP bulk stream to the local endpoint. Sizes: 64 B, MTU-sized, in between, and up to
+ * ~64 KiB TCP GSO segments when the backend offers feature-gso-tcpv4 (call setGso once connected).
+ */
+export class TrafficMix implements TxSource {
+  readonly stats: TrafficMixStats = { udpGuest: 0, udpUplink: 0, broadcast: 0, tcp: 0 };
+  /** The TCP sender, or null without an endpoint. */
+  tcp: TcpBulkSender | null = null;
+  maxFrameLen: number;
+  private readonly frame = new TxFrame();
+  private readonly clock: Clock;
+  private readonly random: Random;
+  private readonly self: TrafficHost;
+  private readonly mtu: number;
+  private readonly udpFlows: Flow[] = [];
+  private readonly udpKinds: number[] = [];
+  private readonly udpPos: number[] = [];
+  private readonly streamBase: number;
+  private readonly weights: TrafficWeights;
+  private readonly smallFraction: number;
+  private readonly mtuFraction: number;
+  private readonly offsetFraction: number;
+  private readonly csumBlankFraction: number;
+  private readonly opts: TrafficMixOptions;
+  private ipId = 0;
+  private readonly guestIdx: number[] = [];
+  private uplinkIdx = -1;
+  private broadcastIdx = -1;
+
+  constructor(opts: TrafficMixOptions) {
+    this.opts = opts;
+    this.clock = opts.clock;
+    this.random = opts.random;
+    this.self = opts.self;
+    this.mtu = checkInt('mtu', opts.mtu ?? 1500, 68, 65535 - ETH_HLEN);
+    this.streamBase = opts.streamBase ?? 0;
+    this.weights = { guest: 1, uplink: 1, broadcast: 0.1, tcp: 1, ...opts.weights };
+    this.smallFraction = opts.smallFraction ?? 0.4;
+    this.mtuFraction = opts.mtuFraction ?? 0.4;
+    this.offsetFraction = opts.randomOffsetFraction ?? 0.25;
+    this.csumBlankFraction = opts.csumBlankFraction ?? 0.5;
+    const sport = opts.udpSport ?? 40000;
+    const dport = opts.udpDport ?? 9;
+    const addFlow = (dst: TrafficHost, kind: number): number => {
+      this.udpFlows.push({ srcMac: this.self.mac, dstMac: dst.mac, saddr: this.self.ip, daddr: dst.ip, sport, dport });
+      this.udpKinds.push(kind);
+      this.udpPos.push(0);
+      return this.udpFlows.length - 1;
+    };
+    for (const g of opts.guests ?? []) this.guestIdx.push(addFlow(g, 0));
+    if (opts.uplink != null) this.uplinkIdx = addFlow(opts.uplink, 1);
+    this.broadcastIdx = addFlow({ mac: ETH_BROADCAST, ip: 0xffffffff }, 2);
+    this.maxFrameLen = ETH_HLEN + this.mtu;
+    this.setGso(false);
+  }
+
+  /** Builds the TCP sender for the backend's features: with `gso`, segments of up to ~64 KiB. Call before traffic starts. */
+  setGso(gso: boolean): void {
+    const ep = this.opts.tcpEndpoint;
+    if (ep == null) return;
+    const flow: Flow = { srcMac: this.self.mac, dstMac: ep.mac, saddr: this.self.ip, daddr: ep.ip, sport: this.opts.tcpSport ?? 10000, dport: ep.port };
+    this.tcp = new TcpBulkSender({ ...this.opts.tcp, clock: this.clock, random: this.random.fork(), flow, mss: this.mtu - IPV4_HLEN - TCP_HLEN, gso });
+    this.tcp.open();
+    this.maxFrameLen = gso ? Math.max(ETH_HLEN + this.mtu, ETH_HLEN + IPV4_HLEN + TCP_HLEN + this.tcp.segMax) : ETH_HLEN + this.mtu;
+  }
+
+  /** The next frame to send (the same TxFrame object each time), or null when nothing is due. */
+  next(now: number): TxPacket | null {
+    const tcp = this.tcp;
+    // Control segments and resends of the TCP stream go first; its data competes by weight.
+    if (tcp !== null && tcp.state !== TCP_ESTABLISHED && tcp.hasWork(now) && tcp.next(this.frame, now)) return this.tcpFrame();
+    const w = this.weights;
+    const tcpW = tcp !== null && tcp.hasWork(now) ? w.tcp : 0;
+    const guestW = this.guestIdx.length > 0 ? w.guest : 0;
+    const upW = this.uplinkIdx >= 0 ? w.uplink : 0;
+    const total = tcpW + guestW + upW + w.broadcast;
+    if (total <= 0) return null;
+    let r = this.random.float() * total;
+    if (r < tcpW) {
+      if (tcp!.next(this.frame, now)) return this.tcpFrame();
+      r = tcpW + this.random.float() * (total - tcpW);
+    }
+    r -= tcpW;
+    let idx: number;
+    if (r < guestW) idx = this.guestIdx[this.random.int(0, this.guestIdx.length - 1)]!;
+    else if (r < guestW + upW) idx = this.uplinkIdx;
+    else idx = this.broadcastIdx;
+    return this.udpFrame(idx);
+  }
+
+  /** Offers a received frame to the TCP sender; true when it was consumed there. */
+  receive(buf: Uint8Array, off: number, len: number): boolean {
+    return this.tcp !== null && this.tcp.receive(buf, off, len);
+  }
+
+  private tcpFrame(): TxPacket {
+    this.stats.tcp++;
+    this.frame.pageOffset = this.pickOffset(this.frame.len);
+    return this.frame;
+  }
+
+  private udpFrame(idx: number): TxPacket {
+    const kind = this.udpKinds[idx]!;
+    if (kind === 0) this.stats.udpGuest++;
+    else if (kind === 1) this.stats.udpUplink++;
+    else this.stats.broadcast++;
+    const maxLen = ETH_HLEN + this.mtu;
+    const u = this.random.float();
+    let len: number;
+    if (u < this.smallFraction) len = MIX_MIN_FRAME;
+    else if (u < this.smallFraction + this.mtuFraction) len = maxLen;
+    else len = this.random.int(MIX_MIN_FRAME, maxLen);
+    const payload = len - ETH_HLEN - IPV4_HLEN - UDP_HLEN;
+    const pos = this.udpPos[idx]!;
+    const f = this.frame.setUdp(this.udpFlows[idx]!, this.streamBase + idx, pos, payload, this.random.chance(this.csumBlankFraction));
+    this.udpPos[idx] = (pos + payload - PAYLOAD_TAG_LEN) >>> 0;
+    f.ipId = this.ipId;
+    this.ipId = (this.ipId + 1) & 0xffff;
+    f.pageOffset = this.pickOffset(f.len);
+    return f;
+  }
+
+  // Linux guarantees the first slot holds at least the Ethernet header (xennet_start_xmit copies otherwise).
+  private pickOffset(len: number): number {
+    void len;
+    return this.random.chance(this.offsetFraction) ? this.random.int(0, 4096 - ETH_HLEN) : 0;
+  }
+}
