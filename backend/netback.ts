@@ -9,7 +9,8 @@
 // check the copy/map statuses (xenvif_tx_check_gop), set up checksum and GSO, and LAST attach the release design
 // (xenvif_skb_zerocopy_prepare) before handing the skb to the stack. The design's sink queues released pages on
 // the dealloc ring; flushDealloc() unmaps them in one batch, answers each slot OKAY (pending index recycled before
-// the push), notifies only when the ring macro says so, and posts the batch's grefs on the guest's MessagePort.
+// the push) and notifies only when the ring macro says so. Every answered slot's gref then goes on a grant-return
+// notice on the guest's MessagePort (one per action or dealloc batch): the frontend keeps a TX grant until then.
 //
 // Departures from Linux, on purpose:
 // - No credit scheduler (`rate`), no hash extras (skb hash is not modelled), no XDP on TX.
@@ -451,12 +452,12 @@ export class XenvifTxQueue {
       if (this.extraPresent[XEN_NETIF_EXTRA_TYPE_MCAST_ADD - 1] !== 0) {
         const rc = vif.mcastAdd(this.extras[XEN_NETIF_EXTRA_TYPE_MCAST_ADD - 1]!.mcast.addr);
         if (rc !== 0) vif.txError('Too many multicast addresses');
-        this.makeTxResponse(txreq, extraCount, rc === 0 ? XEN_NETIF_RSP_OKAY : XEN_NETIF_RSP_ERROR);
+        this.makeTxResponse(txreq, extraCount, rc === 0 ? XEN_NETIF_RSP_OKAY : XEN_NETIF_RSP_ERROR, false);
         continue;
       }
       if (this.extraPresent[XEN_NETIF_EXTRA_TYPE_MCAST_DEL - 1] !== 0) {
         vif.mcastDel(this.extras[XEN_NETIF_EXTRA_TYPE_MCAST_DEL - 1]!.mcast.addr);
-        this.makeTxResponse(txreq, extraCount, XEN_NETIF_RSP_OKAY);
+        this.makeTxResponse(txreq, extraCount, XEN_NETIF_RSP_OKAY, false);
         continue;
       }
 
@@ -965,8 +966,6 @@ export class XenvifTxQueue {
     this.grantHandle[idx] = INVALID_GRANT_HANDLE;
     const st = this.vif.mapper.unmap(handle);
     if (st !== GNTST_okay) throw new Error(`netback: Unmap fail: pending_idx ${idx} handle 0x${handle.toString(16)} status ${st}`);
-    const g = this.mmapPages[idx]!.foreign;
-    if (g !== null) this.retGrefs[this.nRetGrefs++] = g.gref;
   }
 
   // xenvif_idx_unmap: one grant back at once (a failed packet's good frags).
@@ -1004,13 +1003,19 @@ export class XenvifTxQueue {
     this.pendingProd = (this.pendingProd + 1) >>> 0;
   }
 
-  // make_tx_response: the request's response, then RSP_NULL for each of its extra slots.
-  private makeTxResponse(req: Readonly<TxRequestFields>, extraCount: number, status: number): void {
+  // make_tx_response: the request's response, then RSP_NULL for each of its extra slots. The request's grant is
+  // done with (copied, unmapped, or refused): it goes on the next grant-return notice, unless it is a multicast
+  // control request, whose gref means nothing.
+  private makeTxResponse(req: Readonly<TxRequestFields>, extraCount: number, status: number, hasGrant = true): void {
     const ring = this.ring;
     const r = this.rsp;
     r.id = req.id;
     r.status = status;
     ring.putResponse(TxResponse, r);
+    if (hasGrant) {
+      this.retGrefs[this.nRetGrefs++] = req.gref;
+      if (this.nRetGrefs === MAX_PENDING_REQS) this.postGrantReturns();
+    }
     for (let i = 0; i < extraCount; i++) {
       r.id = ring.view.getUint16(ring.slotOffset(ring.rspProdPvt) + TxResponse.OFF_ID, true);
       r.status = XEN_NETIF_RSP_NULL;
@@ -1028,10 +1033,12 @@ export class XenvifTxQueue {
         this.port.notify();
       }
     }
-    if (this.nRetGrefs > 0) {
-      this.vif.grantsReturned(this.retGrefs, this.nRetGrefs);
-      this.nRetGrefs = 0;
-    }
+    if (this.nRetGrefs > 0) this.postGrantReturns();
+  }
+
+  private postGrantReturns(): void {
+    this.vif.grantsReturned(this.retGrefs, this.nRetGrefs);
+    this.nRetGrefs = 0;
   }
 }
 

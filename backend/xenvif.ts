@@ -463,7 +463,7 @@ export class Xenvif implements NetDevice, SkbHolder {
     input(skb);
   }
 
-  /** Posts one grant-return notice for grefs[0..n) on the guest's port (never to a dead guest). */
+  /** Posts one grant-return notice for grefs[0..n) (TX grants netback is done with) on the guest's port (never to a dead guest). */
   grantsReturned(grefs: Uint32Array, n: number): void {
     const port = this.grantPort;
     if (port === null || this.guestDead) return;
