@@ -1,0 +1,639 @@
+// The backend domain (dom0) as it runs in its worker: the composition of the emulated stack (bridge, uplink NIC,
+// tap, the local TCP endpoint, the remote host beyond the uplink), netback's vifs, the grant mapper and the
+// grant-lifetime oracle, plus the driving loop ("softirq"): poll event channels, netback TX, stack timers, netback
+// RX, dealloc flush; a short spin, then Atomics.waitAsync on dom0's event channels, yielding to the event loop so
+// comlink keeps answering. Names are from the frontend's point of view (TX = guest to backend), as Xen's.
+//
+// The loop is the only backend code that knows about real threads: everything it drives is synchronous and takes
+// its time from a Clock, its randomness from a Random and its wake-ups from shared/evtchn.ts.
+import type { MessagePort } from 'node:worker_threads';
+import { RealClock, type Clock } from '../shared/clock.js';
+import { ETH_HLEN, ETH_P_ARP, ETH_P_IP, ETH_ZLEN, parseEthHeader, writeEthHeader } from '../shared/ether.js';
+import type { WaitResult } from '../shared/evtchn.js';
+import { DOMID_SELF, GNTCOPY_source_gref, GNTST_bad_handle, GNTST_okay, INVALID_GRANT_HANDLE } from '../shared/gnttab.js';
+import { GrantMapper, type GrantCopyOp, type GrantMapOp } from '../shared/gnttab-mapper.js';
+import { IPPROTO_TCP, IPPROTO_UDP, UDP_HLEN, parseIpv4Header } from '../shared/inet.js';
+import { XEN_PAGE_SIZE } from '../shared/memory.js';
+import { checkTaggedPayload } from '../shared/payload.js';
+import { Random } from '../shared/random.js';
+import type { XsWorkerPorts } from '../shared/xenstore-protocol.js';
+import { oracleGrantEvents, type GrantEvents } from './netback.js';
+import { GrantOracle } from './oracle.js';
+import { FilePcapSink, PcapWriter } from './pcap.js';
+import { designByName } from './release.js';
+import { SkbContext, allocSkb, skbCopyBits, skbPut, type SkBuff } from './skbuff.js';
+import { Stack } from './stack.js';
+import { TcpEndpoint } from './tcp.js';
+import { TcpPeer } from './tcp-peer.js';
+import type { Xenvif } from './xenvif.js';
+
+// ---- Protocol between the toolstack and the backend worker (the toolstack imports these as types) ----------
+
+/** A host address on the emulated network. */
+export interface HostAddress {
+  readonly mac: number;
+  readonly ip: number;
+}
+
+/** How the toolstack configures the backend domain. */
+export interface BackendConfig {
+  /** The backend's domain id (0). */
+  readonly domid: number;
+  readonly seed: number;
+  /** MTU of the vifs, the bridge's local host and the uplink. */
+  readonly mtu: number;
+  /** Probability that the uplink loses a frame on the wire. */
+  readonly loss: number;
+  /** Attach a tap to every bridge port (holds each clone for tapHoldMs). */
+  readonly tap: boolean;
+  readonly tapHoldMs: number;
+  /** Write the tap's frames to this pcap file, or null. */
+  readonly pcapPath: string | null;
+  /** The release design (backend/release.ts designByName). */
+  readonly design: string;
+  /** Netback grant-copies TX payloads instead of mapping them (the bench's comparison). */
+  readonly grantCopy: boolean;
+  /** The local TCP endpoint on the bridge. */
+  readonly endpoint: HostAddress & { readonly port: number };
+  /** The remote host beyond the uplink (the TCP peer, and the sink of guests' uplink UDP). */
+  readonly remote: HostAddress & { readonly port: number };
+  /** Round-trip time of the remote host, ms. */
+  readonly remoteRttMs: number;
+  /** Uplink NIC TX completion delay, ms. */
+  readonly nicCompletionDelayMs: number;
+  /** How long netback lets an RX queue sit before orphaning or dropping it, ms (Linux 10000). */
+  readonly rxDrainTimeoutMs: number;
+  /** Put the uplink host on the NIC's wire (TCP peer, UDP payload checks); false discards frames (the bench). */
+  readonly uplinkVerify: boolean;
+}
+
+/** What the backend worker receives as workerData (ports in the transferList). */
+export interface BackendInit {
+  readonly config: BackendConfig;
+  /** The event-channel buffer of all domains (shared/evtchn.ts EvtchnHost). */
+  readonly evtchn: SharedArrayBuffer;
+  /** dom0's xenstore connection. */
+  readonly xenstore: XsWorkerPorts;
+  /** The comlink control channel (BackendApi is exposed on it). */
+  readonly control: MessagePort;
+}
+
+/** Counters the toolstack samples once a second (comlink). */
+export interface BackendStats {
+  readonly vifs: number;
+  /** Grants mapped right now. */
+  readonly mapped: number;
+  readonly txPackets: number;
+  readonly rxPackets: number;
+  /** Frames the uplink put on the wire. */
+  readonly wireFrames: number;
+  /** Loop rounds and sleeps (how busy the softirq is). */
+  readonly rounds: number;
+  readonly sleeps: number;
+}
+
+/** What draining found. */
+export interface DrainReport {
+  /** True when every holder emptied and dealloc was flushed before the deadline. */
+  readonly quiescent: boolean;
+  readonly ms: number;
+  /** What had to be aborted at the deadline (TCP connections, RX queues, NIC ring, tap). */
+  readonly aborted: readonly string[];
+  /** Live skbs left when the drain ended. */
+  readonly liveSkbs: number;
+}
+
+/** The backend's final audit. */
+export interface BackendReport {
+  readonly oracle: {
+    readonly mapped: number;
+    readonly returned: number;
+    readonly earlyReturns: number;
+    readonly doubleReturns: number;
+    readonly leaks: number;
+    readonly violations: readonly string[];
+  };
+  /** Grants netback still had mapped at the end. */
+  readonly stillMapped: number;
+  /** Payloads found corrupt beyond the uplink (TCP peer segments and UDP datagrams). */
+  readonly corruptPayloads: number;
+  readonly uplink: UplinkHostStats;
+  readonly peer: { readonly frames: number; readonly dataBytes: number; readonly corruptSegments: number; readonly badFrames: number };
+  readonly notes: readonly string[];
+}
+
+/** The control plane of the backend worker (comlink). */
+export interface BackendApi {
+  /** The "hypervisor" learns a guest: its grant table and memory, and the port its grant returns go to. */
+  addDomain(domid: number, table: SharedArrayBuffer, memory: SharedArrayBuffer, grantPort: MessagePort): void;
+  stats(): BackendStats;
+  /** Runs until the stack holds no skb and dealloc is flushed, aborting what is left at the deadline. */
+  drain(deadlineMs: number): Promise<DrainReport>;
+  /** Stops the loop, runs the oracle's quiescence check, closes the stack (pcap) and reports. */
+  finish(): Promise<BackendReport>;
+}
+
+// ---- The host beyond the uplink ---------------------------------------------------------------------------
+
+/** The longest IPv4 header (ihl 15). */
+const IPV4_MAX_HLEN = 60;
+
+/** Counters of the uplink host. */
+export interface UplinkHostStats {
+  frames: number;
+  /** Frames handed to the TCP peer. */
+  tcp: number;
+  /** UDP datagrams whose tagged payload checked out. */
+  udpVerified: number;
+  /** UDP datagrams whose payload did not (poisoned or misplaced guest data). */
+  udpCorrupt: number;
+  /** Frames that are neither (ARP, short, other protocols, bad headers). */
+  other: number;
+  /** The first corruption message seen. */
+  firstError: string | null;
+}
+
+/**
+ * The host beyond the uplink NIC: the NIC's wire callback. TCP segments to the remote address go to the TCP peer;
+ * UDP datagrams have their tagged payload verified (shared/payload.ts), so a guest page returned early and
+ * poisoned shows up here too. It reads the bytes during the call and never keeps the skb.
+ */
+export class UplinkHost {
+  readonly stats: UplinkHostStats = { frames: 0, tcp: 0, udpVerified: 0, udpCorrupt: 0, other: 0, firstError: null };
+  private readonly buf = new Uint8Array(ETH_HLEN + 0xffff);
+
+  constructor(
+    private readonly peer: Pick<TcpPeer, 'wire'> | null,
+    private readonly remote: HostAddress,
+  ) {}
+
+  /** The NIC's Wire. */
+  readonly wire = (skb: SkBuff): void => {
+    const st = this.stats;
+    st.frames++;
+    const len = skb.len;
+    if (len > this.buf.length || skbCopyBits(skb, 0, this.buf, 0, Math.min(len, ETH_HLEN + IPV4_MAX_HLEN)) !== 0) {
+      st.other++;
+      return;
+    }
+    const eth = parseEthHeader(this.buf, 0, len);
+    if (!eth.ok || eth.value.proto !== ETH_P_IP) {
+      st.other++;
+      return;
+    }
+    const ip = parseIpv4Header(this.buf, ETH_HLEN, len - ETH_HLEN);
+    if (!ip.ok) {
+      st.other++;
+      return;
+    }
+    const h = ip.value;
+    if (h.proto === IPPROTO_TCP && h.daddr === this.remote.ip && this.peer !== null) {
+      st.tcp++;
+      this.peer.wire(skb);
+      return;
+    }
+    if (h.proto !== IPPROTO_UDP || h.totalLen < h.ihl + UDP_HLEN || ETH_HLEN + h.totalLen > len) {
+      st.other++;
+      return;
+    }
+    if (skbCopyBits(skb, 0, this.buf, 0, ETH_HLEN + h.totalLen) !== 0) {
+      st.other++;
+      return;
+    }
+    const off = ETH_HLEN + h.ihl + UDP_HLEN;
+    const r = checkTaggedPayload(this.buf, off, h.totalLen - h.ihl - UDP_HLEN);
+    if (r.ok) {
+      st.udpVerified++;
+    } else {
+      st.udpCorrupt++;
+      st.firstError ??= r.error;
+    }
+  };
+}
+
+// ---- The softirq loop -------------------------------------------------------------------------------------
+
+/** One round of bounded, synchronous work and when the next timed work is due. */
+export interface SoftirqWork {
+  /** Does one bounded round at time `now`; returns how much it did (0: nothing to do). */
+  round(now: number): number;
+  /** The earliest time a round has timed work (ms on the work's clock), Infinity when none. */
+  nextDeadline(): number;
+}
+
+/** How the loop sleeps: a domain's event channels (shared/evtchn.ts EvtchnDomain). */
+export interface SoftirqWaiter {
+  waitAsync(timeoutMs: number, keepAlive: boolean): Promise<WaitResult>;
+}
+
+/** Options of a SoftirqLoop. */
+export interface SoftirqLoopOptions {
+  /** Longest sleep, ms, even with no timed work (bounds how late a stop or a missed wake-up is seen). Default 10. */
+  readonly maxSleepMs?: number;
+  /** Busy rounds before yielding to the event loop, at most this many ms apart. Default 1. */
+  readonly yieldEveryMs?: number;
+  /** Empty rounds to spin through before sleeping. Default 8. */
+  readonly idleRounds?: number;
+}
+
+/** Counters of a loop. */
+export interface SoftirqLoopStats {
+  rounds: number;
+  busyRounds: number;
+  yields: number;
+  sleeps: number;
+  wakeups: number;
+}
+
+const yieldToEventLoop = (): Promise<void> => new Promise((resolve) => setImmediate(resolve));
+
+/**
+ * Drives SoftirqWork until stopped: rounds while there is work, yielding to the event loop at least every
+ * `yieldEveryMs` (comlink and MessagePorts keep being served), a few empty rounds, then a sleep on the event
+ * channels until an event, the next deadline or `maxSleepMs`.
+ */
+export class SoftirqLoop {
+  readonly stats: SoftirqLoopStats = { rounds: 0, busyRounds: 0, yields: 0, sleeps: 0, wakeups: 0 };
+  private stopping = false;
+  private running: Promise<void> | null = null;
+  private readonly maxSleepMs: number;
+  private readonly yieldEveryMs: number;
+  private readonly idleRounds: number;
+
+  constructor(
+    private readonly work: SoftirqWork,
+    private readonly waiter: SoftirqWaiter,
+    private readonly clock: Clock,
+    opts: SoftirqLoopOptions = {},
+  ) {
+    this.maxSleepMs = opts.maxSleepMs ?? 10;
+    this.yieldEveryMs = opts.yieldEveryMs ?? 1;
+    this.idleRounds = opts.idleRounds ?? 8;
+  }
+
+  /** Starts the loop (once); the promise settles when it stops, or rejects with the work's exception. */
+  start(): Promise<void> {
+    this.running ??= this.run();
+    return this.running;
+  }
+
+  /** Asks the loop to stop after its current round or sleep; returns the loop's promise. */
+  stop(): Promise<void> {
+    this.stopping = true;
+    return this.running ?? Promise.resolve();
+  }
+
+  /** Whether stop() was called. */
+  get stopped(): boolean {
+    return this.stopping;
+  }
+
+  private async run(): Promise<void> {
+    const clock = this.clock;
+    let lastYield = clock.now();
+    let idle = 0;
+    while (!this.stopping) {
+      const now = clock.now();
+      const did = this.work.round(now);
+      this.stats.rounds++;
+      if (did > 0) {
+        this.stats.busyRounds++;
+        idle = 0;
+        if (now - lastYield >= this.yieldEveryMs) {
+          await yieldToEventLoop();
+          this.stats.yields++;
+          lastYield = clock.now();
+        }
+        continue;
+      }
+      if (++idle <= this.idleRounds) continue;
+      idle = 0;
+      const deadline = this.work.nextDeadline();
+      const wait = Math.min(this.maxSleepMs, Math.max(0, deadline - clock.now()));
+      if (wait > 0) {
+        this.stats.sleeps++;
+        if ((await this.waiter.waitAsync(wait, false)) === 'woken') this.stats.wakeups++;
+      } else {
+        await yieldToEventLoop();
+        this.stats.yields++;
+      }
+      lastYield = clock.now();
+    }
+  }
+}
+
+// ---- Grant copy instead of mapping (the bench's comparison) -------------------------------------------------
+
+/**
+ * A grant mapper whose "map" is a grant copy of the whole page into a private local page (GNTTABOP_copy with
+ * GNTCOPY_source_gref), and whose unmap frees that page: netback's map path then carries copies, so the bench
+ * measures the same pipeline paying one copy per payload byte, as a copying netback does. Departure: Linux's
+ * copying netback answers each slot at once; here the slot is still answered when the stack frees the page.
+ */
+export class CopyingGrantMapper extends GrantMapper {
+  private readonly pages: Uint8Array[] = [];
+  private readonly free: number[] = [];
+  private readonly op: GrantCopyOp = {
+    source: { ref: 0, domid: 0, offset: 0, buf: null },
+    dest: { ref: 0, domid: DOMID_SELF, offset: 0, buf: null },
+    len: XEN_PAGE_SIZE,
+    flags: GNTCOPY_source_gref,
+    status: GNTST_okay,
+  };
+  private readonly ops: GrantCopyOp[] = [this.op];
+  private live = 0;
+
+  /** Copies the granted page (readonly maps only); op.bytes is the private copy, op.handle its index. */
+  override mapOp(op: GrantMapOp): number {
+    op.handle = INVALID_GRANT_HANDLE;
+    op.bytes = null;
+    let idx = this.free.pop();
+    if (idx === undefined) {
+      idx = this.pages.length;
+      this.pages.push(new Uint8Array(XEN_PAGE_SIZE));
+    }
+    const page = this.pages[idx]!;
+    const c = this.op;
+    c.source.ref = op.ref;
+    c.source.domid = op.dom;
+    c.dest.buf = page;
+    const st = this.copy(this.ops);
+    op.status = st;
+    if (st !== GNTST_okay) {
+      this.free.push(idx);
+      return st;
+    }
+    op.handle = idx;
+    op.bytes = page;
+    this.live++;
+    return st;
+  }
+
+  /** Frees the private page behind `handle`. */
+  override unmap(handle: number): number {
+    if (!Number.isInteger(handle) || handle < 0 || handle >= this.pages.length || this.free.includes(handle)) return GNTST_bad_handle;
+    this.free.push(handle);
+    this.live--;
+    return GNTST_okay;
+  }
+
+  /** Private pages currently standing in for mappings. */
+  get liveCopies(): number {
+    return this.live;
+  }
+}
+
+// ---- The backend domain -----------------------------------------------------------------------------------
+
+/** How often the remote host's presence is re-announced to the bridge (well inside the 300 s fdb ageing), ms. */
+export const REMOTE_ANNOUNCE_MS = 60_000;
+/** Most vifs' TX requests per action, and RX frames per action (netback's NAPI weight and RX batch). */
+export const VIF_TX_BUDGET = 64;
+export const VIF_RX_BUDGET = 64;
+
+/** A vif with the xenbus side that connected it. */
+export interface Dom0Vif {
+  readonly domid: number;
+  readonly vif: Xenvif;
+  /** Disconnects and forgets the vif (the frontend closed or vanished). */
+  close(): Promise<void>;
+}
+
+/**
+ * The backend domain: the stack (bridge, uplink NIC with the remote host on its wire, tap and pcap, the local TCP
+ * endpoint), the grant mapper (the hypervisor's grant operations on dom0's behalf), netback's vifs, the oracle, and
+ * one softirq round over all of it. Single-threaded.
+ */
+export class Dom0Backend implements SoftirqWork {
+  readonly clock: Clock;
+  readonly random: Random;
+  readonly ctx: SkbContext;
+  readonly stack: Stack;
+  readonly endpoint: TcpEndpoint;
+  readonly peer: TcpPeer;
+  readonly uplink: UplinkHost;
+  readonly mapper: GrantMapper;
+  readonly oracle: GrantOracle;
+  readonly events: GrantEvents;
+  readonly vifs: Dom0Vif[] = [];
+  readonly notes: string[] = [];
+  /** Grant-return ports of the guests the toolstack introduced, by domid. */
+  readonly grantPorts = new Map<number, MessagePort>();
+  private readonly roots: SkBuff[] = [];
+  private nextAnnounce = 0;
+  private readonly announceFrame: Uint8Array;
+
+  constructor(readonly config: BackendConfig, clock: Clock = new RealClock()) {
+    this.clock = clock;
+    this.random = new Random(config.seed);
+    const design = designByName(config.design);
+    if (design === undefined) throw new Error(`unknown release design: ${config.design}`);
+    this.ctx = new SkbContext({ design });
+    const pcap = config.pcapPath === null ? null : new PcapWriter(new FilePcapSink(config.pcapPath));
+    const remote = config.remote;
+    // The peer's ACKs go straight to the endpoint's uplink receive path (the NIC model has no receive side).
+    let endpointRef: TcpEndpoint | null = null;
+    this.peer = new TcpPeer({
+      clock,
+      random: this.random.fork(),
+      mac: remote.mac,
+      ip: remote.ip,
+      port: remote.port,
+      rttMs: config.remoteRttMs,
+      deliver: (frame) => endpointRef?.uplinkReceive(frame),
+    });
+    this.uplink = new UplinkHost(this.peer, remote);
+    this.stack = new Stack({
+      ctx: this.ctx,
+      clock,
+      random: this.random.fork(),
+      nic: {
+        mtu: config.mtu,
+        features: { sg: true, tso: true },
+        completionDelayMs: config.nicCompletionDelayMs,
+        loss: config.loss,
+        wire: config.uplinkVerify ? this.uplink.wire : null,
+      },
+      tap: config.tap ? { holdMs: config.tapHoldMs, pcap, scope: 'all' } : null,
+    });
+    const ep = config.endpoint;
+    this.endpoint = new TcpEndpoint({
+      ctx: this.ctx,
+      clock,
+      random: this.random.fork(),
+      mac: ep.mac,
+      ip: ep.ip,
+      port: ep.port,
+      mtu: config.mtu,
+      uplink: this.stack.nic,
+      peerMac: remote.mac,
+      peerIp: remote.ip,
+      peerPort: remote.port,
+    });
+    endpointRef = this.endpoint;
+    this.endpoint.connectLan(this.stack.addHost(this.endpoint));
+    const roots = this.roots;
+    const collect = (skb: SkBuff): void => void roots.push(skb);
+    this.oracle = new GrantOracle(() => {
+      roots.length = 0;
+      this.stack.forEachSkb(collect);
+      return roots;
+    });
+    this.events = oracleGrantEvents(this.oracle);
+    this.mapper = config.grantCopy ? new CopyingGrantMapper({ domid: config.domid }) : new GrantMapper({ domid: config.domid });
+    this.announceFrame = new Uint8Array(ETH_ZLEN);
+    writeEthHeader(this.announceFrame, 0, remote.mac, remote.mac, ETH_P_ARP);
+  }
+
+  /** The toolstack introduced a guest: its grant table and memory become mappable, and its grant-return port known. */
+  addDomain(domid: number, table: SharedArrayBuffer, memory: SharedArrayBuffer, grantPort: MessagePort): void {
+    this.mapper.addDomain(domid, table, memory);
+    this.grantPorts.set(domid, grantPort);
+  }
+
+  /**
+   * The remote host makes itself known on the uplink port, as any host's traffic would: a frame from its MAC to its
+   * own MAC teaches the bridge where it is and goes nowhere (never back out of the port it came in on).
+   */
+  announceRemote(): void {
+    const skb = allocSkb(this.ctx, this.announceFrame.length);
+    const off = skbPut(skb, this.announceFrame.length);
+    skb.head.set(this.announceFrame, off);
+    skb.macHeader = skb.data;
+    this.stack.input(skb, this.stack.nic);
+  }
+
+  /** One softirq round: events, TX, stack timers, RX, dealloc. */
+  round(now: number): number {
+    const vifs = this.vifs;
+    let did = this.dispatchEvents();
+    for (let i = 0; i < vifs.length; i++) did += vifs[i]!.vif.txAction(VIF_TX_BUDGET);
+    this.stack.poll(now);
+    this.peer.poll(now);
+    for (let i = 0; i < vifs.length; i++) did += vifs[i]!.vif.rxAction(VIF_RX_BUDGET);
+    for (let i = 0; i < vifs.length; i++) did += vifs[i]!.vif.flushDealloc();
+    if (now >= this.nextAnnounce) {
+      this.nextAnnounce = now + REMOTE_ANNOUNCE_MS;
+      this.announceRemote();
+    }
+    return did;
+  }
+
+  /** Runs dom0's event-channel upcall (the vifs' interrupt handlers); the worker sets it. */
+  dispatchEvents: () => number = () => 0;
+
+  /** The earliest timed work: NIC completions, the tap window, TCP timers, the peer's ACKs, RX drain deadlines. */
+  nextDeadline(): number {
+    let t = Math.min(this.stack.nextDeadline(), this.endpoint.nextDeadline(), this.peer.nextDeadline(), this.nextAnnounce);
+    for (const v of this.vifs) {
+      if (v.vif.hasWork()) return this.clock.now();
+      t = Math.min(t, v.vif.nextDeadline());
+    }
+    return t;
+  }
+
+  /** Live skbs in every holder (what the oracle walks). */
+  liveSkbs(): number {
+    let n = 0;
+    this.stack.forEachSkb(() => void n++);
+    return n;
+  }
+
+  /** Whether every holder is empty and no vif has a grant mapped or a release waiting for dealloc. */
+  quiescent(): boolean {
+    if (this.liveSkbs() !== 0) return false;
+    for (const v of this.vifs) {
+      const tx = v.vif.tx;
+      if (tx !== null && (tx.inflightPackets !== 0 || tx.deallocPending !== 0)) return false;
+    }
+    return true;
+  }
+
+  /**
+   * What is left at the drain deadline is aborted: TCP connections (their queues freed), the NIC ring purged, the
+   * tap flushed, the vifs' RX queues purged. Their grants then come back through the release design as usual.
+   */
+  abortHolders(): string[] {
+    const aborted: string[] = [];
+    let tcp = 0;
+    this.endpoint.forEachSkb(() => void tcp++);
+    if (tcp > 0 || this.endpoint.connections > 0) {
+      aborted.push(`${this.endpoint.connections} TCP connections (${tcp} skbs)`);
+      this.endpoint.close();
+    }
+    let nic = 0;
+    this.stack.nic.forEachSkb(() => void nic++);
+    if (nic > 0) {
+      aborted.push(`NIC ring (${nic} skbs)`);
+      this.stack.nic.purge();
+    }
+    let tap = 0;
+    this.stack.tap?.forEachSkb(() => void tap++);
+    if (tap > 0) {
+      aborted.push(`tap window (${tap} skbs)`);
+      this.stack.tap!.flush();
+    }
+    for (const v of this.vifs) {
+      let rx = 0;
+      v.vif.forEachSkb(() => void rx++);
+      if (rx > 0) {
+        aborted.push(`${v.vif.name} RX queue (${rx} skbs)`);
+        v.vif.rx?.purge();
+      }
+    }
+    return aborted;
+  }
+
+  /** Counters for the toolstack. */
+  stats(loop: SoftirqLoopStats): BackendStats {
+    let tx = 0;
+    let rx = 0;
+    for (const v of this.vifs) {
+      tx += v.vif.stats.rxPackets;
+      rx += v.vif.stats.txPackets;
+    }
+    return {
+      vifs: this.vifs.length,
+      mapped: this.mapper.stats().liveHandles + (this.mapper instanceof CopyingGrantMapper ? this.mapper.liveCopies : 0),
+      txPackets: tx,
+      rxPackets: rx,
+      wireFrames: this.stack.nic.stats.wireFrames,
+      rounds: loop.rounds,
+      sleeps: loop.sleeps,
+    };
+  }
+
+  /** The final audit: the oracle's quiescence check (run after every vif is gone), then the report. */
+  report(): BackendReport {
+    this.oracle.checkQuiescent();
+    const o = this.oracle.report;
+    let stillMapped = 0;
+    for (const v of this.vifs) stillMapped += v.vif.heldGrants().length;
+    const ps = this.peer.stats;
+    const us = this.uplink.stats;
+    const notes = [...this.notes];
+    if (us.firstError !== null) notes.push(`uplink: ${us.firstError}`);
+    if (this.peer.firstError !== null && ps.corruptSegments > 0) notes.push(`peer: ${this.peer.firstError}`);
+    return {
+      oracle: {
+        mapped: o.mapped,
+        returned: o.returned,
+        earlyReturns: o.earlyReturns,
+        doubleReturns: o.doubleReturns,
+        leaks: o.leaks,
+        violations: o.violations.map((v) => v.message),
+      },
+      stillMapped,
+      corruptPayloads: ps.corruptSegments + us.udpCorrupt,
+      uplink: { ...us },
+      peer: { frames: ps.frames, dataBytes: ps.dataBytes, corruptSegments: ps.corruptSegments, badFrames: ps.badFrames },
+      notes,
+    };
+  }
+
+  /** Closes the stack: frees what the NIC holds, writes out the tap and closes the pcap file. */
+  close(): void {
+    this.endpoint.close();
+    this.stack.close();
+  }
+}
