@@ -383,6 +383,10 @@ export class Netfront {
   private readonly txIdPending = new Uint8Array(NET_TX_RING_SIZE);
   private readonly txIdFree = new Int32Array(NET_TX_RING_SIZE);
   private txIdFreeTop = 0;
+  // The grant each pending id's slot carries, and which outstanding TX grants the backend already answered.
+  private readonly txIdRef = new Int32Array(NET_TX_RING_SIZE).fill(-1);
+  private readonly refAnswered: Uint8Array;
+  private answeredOutstanding = 0;
   // RX: the ref posted in each ring slot (-1: none), and buffers between a response and their re-post.
   private readonly rxSlotRef = new Int32Array(NET_RX_RING_SIZE).fill(-1);
   private readonly rxIdle: Int32Array;
@@ -431,6 +435,7 @@ export class Netfront {
     this.refState = new Uint8Array(n);
     this.refFrame = new Int32Array(n).fill(-1);
     this.pushTime = new Float64Array(n);
+    this.refAnswered = new Uint8Array(n);
     this.rxIdle = new Int32Array(this.rxBufferCount);
     this.poisonRx = opts.poisonRx ?? true;
   }
@@ -592,6 +597,15 @@ export class Netfront {
     return this.txOutstanding;
   }
 
+  /**
+   * Outstanding TX grants whose slot the backend has already answered on the ring: normally a short-lived
+   * figure (the return follows the response); one that only grows means the backend answers slots it never
+   * returns on the port.
+   */
+  get grantsAnsweredNotReturned(): number {
+    return this.answeredOutstanding;
+  }
+
   /** The bound event channel, or -1. */
   get eventChannel(): number {
     return this.port;
@@ -687,6 +701,11 @@ export class Netfront {
         }
         this.txIdPending[id] = 0;
         this.txIdFree[this.txIdFreeTop++] = id;
+        const ref = this.txIdRef[id]!;
+        if (this.refState[ref] === REF_TX && this.refAnswered[ref] === 0) {
+          this.refAnswered[ref] = 1;
+          this.answeredOutstanding++;
+        }
         if (status === XEN_NETIF_RSP_OKAY) s.txRspOkay++;
         else if (status === XEN_NETIF_RSP_ERROR) {
           s.txRspError++;
@@ -809,7 +828,7 @@ export class Netfront {
     req.gref = refs[0]!;
     req.offset = off;
     req.flags = flags;
-    req.id = this.takeTxId();
+    req.id = this.takeTxId(refs[0]!);
     req.size = len;
     tx.putRequest(TxRequest, req);
     if (gso) {
@@ -830,7 +849,7 @@ export class Netfront {
       req.gref = refs[i]!;
       req.offset = 0;
       req.flags = i < pages - 1 ? NETTXF_more_data : 0;
-      req.id = this.takeTxId();
+      req.id = this.takeTxId(refs[i]!);
       req.size = n;
       tx.putRequest(TxRequest, req);
     }
@@ -840,9 +859,10 @@ export class Netfront {
     return 'sent';
   }
 
-  private takeTxId(): number {
+  private takeTxId(ref: number): number {
     const id = this.txIdFree[--this.txIdFreeTop]!;
     this.txIdPending[id] = 1;
+    this.txIdRef[id] = ref;
     return id;
   }
 
@@ -1063,6 +1083,10 @@ export class Netfront {
   }
 
   private recycle(ref: number, poison: boolean): void {
+    if (this.refAnswered[ref] !== 0) {
+      this.refAnswered[ref] = 0;
+      this.answeredOutstanding--;
+    }
     const frame = this.refFrame[ref]!;
     if (poison) this.memory.frame(frame).fill(NETFRONT_POISON);
     this.refState[ref] = REF_NONE;

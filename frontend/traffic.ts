@@ -433,6 +433,12 @@ export class TcpBulkSender {
     this.closing = true;
   }
 
+  /** When the retransmission (or probe) timer fires, Infinity when it is not armed. */
+  nextDeadline(): number {
+    if (this.state === TCP_CLOSE || this.state === TCP_DONE) return Infinity;
+    return this.rtoAt === -Infinity ? this.clock.now() : this.rtoAt;
+  }
+
   /** Whether a segment is due now (so a mix can prefer it). */
   hasWork(now: number): boolean {
     if (this.state === TCP_SYN_SENT) return now >= this.rtoAt;
@@ -456,11 +462,16 @@ export class TcpBulkSender {
       default:
         return false;
     }
-    if (now >= this.rtoAt && this.sndNxt !== this.sndUna) {
+    if (now < this.rtoAt) {
+      // Not yet: nothing timed is due.
+    } else if (this.sndNxt !== this.sndUna) {
       this.timedOut(now);
       this.sndNxt = this.sndUna; // go-back-N
       this.rtoAt = now + this.rto;
-    } else if (now >= this.rtoAt && this.sndWnd === 0 && !this.allSent()) {
+    } else if (this.sndWnd !== 0 || this.allSent()) {
+      // The timer outlived what it guarded (everything in flight was ACKed or rewound).
+      this.rtoAt = this.sndUna === this.sndMax ? Infinity : now + this.rto;
+    } else {
       // Zero-window probe: one byte beyond the window makes the endpoint answer with its current window.
       // The probe is not counted in flight; if the endpoint takes the byte, its ACK moves sndNxt past it.
       this.timedOut(now);
@@ -514,7 +525,10 @@ export class TcpBulkSender {
     if ((flags & TCPHDR_RST) !== 0) {
       if (this.state !== TCP_CLOSE && this.state !== TCP_DONE) {
         this.stats.resets++;
-        this.state = TCP_CLOSE;
+        // The endpoint keeps no TIME_WAIT: once every data byte is ACKed, a RST answering our FIN (its FIN-ACK
+        // was lost) ends a complete stream.
+        const complete = this.finSeq >= 0 && this.sndUna === this.finSeq;
+        this.state = complete ? TCP_DONE : TCP_CLOSE;
         this.rtoAt = Infinity;
       }
       return;
@@ -536,7 +550,8 @@ export class TcpBulkSender {
       this.sndWnd = window;
       this.state = TCP_ESTABLISHED;
       this.rto = this.rtoInit;
-      this.rtoAt = Infinity;
+      // A zero window from the start arms the probe timer.
+      this.rtoAt = window === 0 ? now + this.rto : Infinity;
       this.ackPending = true;
       return;
     }
@@ -779,13 +794,22 @@ export class TrafficMix implements TxSource {
     this.setGso(false);
   }
 
-  /** Builds the TCP sender for the backend's features: with `gso`, segments of up to ~64 KiB. Call before traffic starts. */
+  /** Opens the TCP stream (its SYN goes out with the next frames). */
+  start(): void {
+    this.tcp?.open();
+  }
+
+  /** The earliest time the TCP sender has timed work (a resend or probe), Infinity when none. */
+  nextDeadline(): number {
+    return this.tcp?.nextDeadline() ?? Infinity;
+  }
+
+  /** Builds the TCP sender for the backend's features: with `gso`, segments of up to ~64 KiB. Call before start(). */
   setGso(gso: boolean): void {
     const ep = this.opts.tcpEndpoint;
     if (ep == null) return;
     const flow: Flow = { srcMac: this.self.mac, dstMac: ep.mac, saddr: this.self.ip, daddr: ep.ip, sport: this.opts.tcpSport ?? 10000, dport: ep.port };
     this.tcp = new TcpBulkSender({ ...this.opts.tcp, clock: this.clock, random: this.random.fork(), flow, mss: this.mtu - IPV4_HLEN - TCP_HLEN, gso });
-    this.tcp.open();
     this.maxFrameLen = gso ? Math.max(ETH_HLEN + this.mtu, ETH_HLEN + IPV4_HLEN + TCP_HLEN + this.tcp.segMax) : ETH_HLEN + this.mtu;
   }
 

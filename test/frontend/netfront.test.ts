@@ -196,6 +196,7 @@ test('a TX response frees only the request id; the grant return ends access, poi
   be.respond(p!);
   t.is(g.nf.pollTx(), 1);
   t.is(g.nf.grantsOutstanding, 1, 'the response did not release the grant');
+  t.is(g.nf.grantsAnsweredNotReturned, 1);
   t.is(g.gnttab.entries.flags(ref) & GTF_permit_access, GTF_permit_access);
   t.deepEqual(g.mem.frame(frame).subarray(0, f.len), f.toBytes(), 'the page is untouched');
   g.clock.advance(2.5);
@@ -203,6 +204,7 @@ test('a TX response frees only the request id; the grant return ends access, poi
   t.is(g.gnttab.entries.flags(ref), 0, 'access ended');
   t.true(g.mem.frame(frame).every((b) => b === NETFRONT_POISON), 'poisoned');
   t.is(g.nf.grantsOutstanding, 0);
+  t.is(g.nf.grantsAnsweredNotReturned, 0);
   t.is(g.nf.stats.grantsReturned, 1);
   t.is(g.nf.latency.count, 1);
   t.is(g.nf.latency.max, 2500);
