@@ -99,6 +99,8 @@ export class ScriptedBackend {
   private readonly txReq = TxRequest.create();
   private readonly extra = ExtraInfo.create();
   private readonly rxReq = RxRequest.create();
+  /** Handles of the two ring mappings. */
+  readonly ringHandles: number[] = [];
   /** RX requests consumed and not answered yet, in ring order. */
   readonly rxPosted: { index: number; id: number; gref: number }[] = [];
 
@@ -117,6 +119,7 @@ export class ScriptedBackend {
   private attach(ref: number, slot: number): BackRing {
     const m = this.mapper.map({ dom: FE, ref, flags: GNTMAP_host_map });
     if (m.status !== GNTST_okay || m.bytes === null) throw new Error(`cannot map ring ref ${ref}: ${m.status}`);
+    this.ringHandles.push(m.handle);
     const r = attachBackRing(m.bytes.buffer as SharedArrayBuffer, m.bytes.byteOffset, slot);
     if (!r.ok) throw new Error(r.error);
     return r.value;
@@ -171,6 +174,13 @@ export class ScriptedBackend {
     }
     ring.consumeRequests(n);
     return out;
+  }
+
+  /** Disconnects as netback does: unmaps every data grant and both rings, closes its event-channel port. */
+  close(): void {
+    this.unmap([...this.mapped.keys()]);
+    for (const h of this.ringHandles.splice(0)) this.mapper.unmap(h);
+    this.g.be.close(this.port);
   }
 
   /** Maps a data grant (read-only unless told), keeping the handle; returns the page. */
