@@ -183,6 +183,8 @@ export interface TxVif {
   readonly fatalSkbSlots: number;
   /** vif->disabled. */
   readonly disabled: boolean;
+  /** The guest is dead: responses are still written (its ring is still mapped) but it is never notified. */
+  readonly guestDead: boolean;
   /** xenvif_fatal_tx_err: disable the vif, with the reason. */
   fatal(message: string): void;
   /** A TX packet was answered with errors or dropped, with the reason (netdev_dbg). */
@@ -1028,7 +1030,7 @@ export class XenvifTxQueue {
   private flushResponses(): void {
     if (this.pushPending) {
       this.pushPending = false;
-      if (this.ring.pushResponsesAndCheckNotify()) {
+      if (this.ring.pushResponsesAndCheckNotify() && !this.vif.guestDead) {
         this.vif.stats.txNotifies++;
         this.port.notify();
       }

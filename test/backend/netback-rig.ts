@@ -23,6 +23,7 @@ import { FrontRing, attachBackRing, sharedRingInit, type WireStruct } from '../.
 import type { GrantReturnMessage } from '../../shared/grant-return.js';
 import { patternByte } from '../../shared/payload.js';
 import { oracleGrantEvents } from '../../backend/netback.js';
+import type { SkbHolder } from '../../backend/netdev.js';
 import { GrantOracle } from '../../backend/oracle.js';
 import { rusty, type ReleaseDesign } from '../../backend/release.js';
 import { SkbContext, kfreeSkb, skbCopyBits, type SkBuff } from '../../backend/skbuff.js';
@@ -113,8 +114,16 @@ export class Rig {
     this.oracle = new GrantOracle(() => this.roots());
   }
 
+  /** More holders whose skbs are roots (a Stack, in integration tests). */
+  readonly holders: SkbHolder[] = [];
+
   private *roots(): Iterable<SkBuff> {
     yield* this.held;
+    for (const h of this.holders) {
+      const out: SkBuff[] = [];
+      h.forEachSkb((s) => out.push(s));
+      yield* out;
+    }
     for (const g of this.guests) {
       const out: SkBuff[] = [];
       g.vif.forEachSkb((s) => out.push(s));
@@ -187,6 +196,20 @@ export class TestGuest {
       features: { canSg: true, gsoMask: 0b110, ...opts.features },
       grantReturnPort: this.notices,
     });
+  }
+
+  /** Tears the data path down (the vif must be drained) and connects again on freshly initialised rings. */
+  reconnect(features: Partial<XenvifFeatures> = { canSg: true, gsoMask: 0b110 }): void {
+    this.vif.beginDisconnect();
+    this.vif.finishDisconnect();
+    sharedRingInit(this.mem.sab, 0);
+    sharedRingInit(this.mem.sab, XEN_PAGE_SIZE);
+    (this as { tx: FrontRing }).tx = new FrontRing(this.mem.sab, 0, XEN_NETIF_TX_SLOT_SIZE);
+    (this as { rx: FrontRing }).rx = new FrontRing(this.mem.sab, XEN_PAGE_SIZE, XEN_NETIF_RX_SLOT_SIZE);
+    const txBack = attachBackRing(this.mem.sab, 0, XEN_NETIF_TX_SLOT_SIZE);
+    const rxBack = attachBackRing(this.mem.sab, XEN_PAGE_SIZE, XEN_NETIF_RX_SLOT_SIZE);
+    if (!txBack.ok || !rxBack.ok) throw new Error('attach failed');
+    this.vif.connect({ txRing: txBack.value, rxRing: rxBack.value, txPort: this.txPort, rxPort: this.rxPort, features, grantReturnPort: this.notices });
   }
 
   /** A fresh frame number. */
