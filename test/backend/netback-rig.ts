@@ -22,7 +22,7 @@ import {
 import { FrontRing, attachBackRing, sharedRingInit, type WireStruct } from '../../shared/ring.js';
 import type { GrantReturnMessage } from '../../shared/grant-return.js';
 import { patternByte } from '../../shared/payload.js';
-import { oracleGrantEvents } from '../../backend/netback.js';
+import { oracleGrantEvents, type GrantEvents } from '../../backend/netback.js';
 import type { SkbHolder } from '../../backend/netdev.js';
 import { GrantOracle } from '../../backend/oracle.js';
 import { rusty, type ReleaseDesign } from '../../backend/release.js';
@@ -93,6 +93,10 @@ export interface SentPacket {
 
 export interface RigOptions {
   design?: ReleaseDesign;
+  /** Runs inside every grant map/copy pin, between the entry snapshot and its cmpxchg (a racing guest). */
+  beforeCmpxchg?: (dom: number, ref: number) => void;
+  /** Sees every grant event after the oracle. */
+  events?: GrantEvents;
   vif?: Partial<Omit<XenvifOptions, 'domid' | 'handle' | 'ctx' | 'mapper' | 'clock' | 'events'>>;
   features?: Partial<XenvifFeatures>;
   frames?: number;
@@ -101,7 +105,7 @@ export interface RigOptions {
 /** The backend side shared by all guests: clock, mapper, skb context, oracle, and what the stack holds. */
 export class Rig {
   readonly clock = new VirtualClock();
-  readonly mapper = new GrantMapper({ domid: BACKEND_DOMID });
+  readonly mapper: GrantMapper;
   readonly ctx: SkbContext;
   /** Skbs the "stack" holds (what the vif handed over). */
   readonly held: SkBuff[] = [];
@@ -110,6 +114,8 @@ export class Rig {
   readonly logs: string[] = [];
 
   constructor(readonly opts: RigOptions = {}) {
+    const hook = opts.beforeCmpxchg;
+    this.mapper = new GrantMapper({ domid: BACKEND_DOMID, ...(hook !== undefined && { beforeCmpxchg: hook }) });
     this.ctx = new SkbContext({ design: opts.design ?? rusty });
     this.oracle = new GrantOracle(() => this.roots());
   }
@@ -183,7 +189,7 @@ export class TestGuest {
       ctx: rig.ctx,
       mapper: rig.mapper,
       clock: rig.clock,
-      events: oracleGrantEvents(rig.oracle),
+      events: oracleGrantEvents(rig.oracle, opts.events),
       log: (level, m) => rig.logs.push(`${level}: ${m}`),
       ...opts.vif,
     });

@@ -182,7 +182,11 @@ test('GSO for a frontend that does not take it: segmented in software before the
 });
 
 test('guest to guest: a foreign frag is copied straight from the source grant, which then comes back', (t) => {
-  const rig = new Rig({ vif: { mtu: 9000 } });
+  const copied: string[] = [];
+  const rig = new Rig({
+    vif: { mtu: 9000 },
+    events: { mapped: () => {}, returned: () => {}, copied: (domid, gref, len) => copied.push(`${domid}:${gref}:${len}`) },
+  });
   const a = rig.guest(1);
   const b = rig.guest(2);
   const p = a.send([{ size: 3000, offset: 50 }]);
@@ -195,6 +199,7 @@ test('guest to guest: a foreign frag is copied straight from the source grant, w
   const before = rig.mapper.stats().copies;
   t.is(b.vif.rxAction(), 1);
   t.is(rig.mapper.stats().copies - before, 2, 'one op from the linear head, one from the source gref');
+  t.true(copied.includes(`1:${p.grefs[0]}:${3000 - 128}`), 'the frag was read through A\'s grant, not B\'s copy of a mapping');
   t.deepEqual(received(b, posted, b.rxResponses(), 0).data, p.bytes);
   t.is(a.vif.flushDealloc(), 1);
   t.deepEqual(a.txResponses(), [{ id: p.ids[0], status: 0 }]);

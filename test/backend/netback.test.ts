@@ -437,6 +437,16 @@ const fatalRows: FatalRow[] = [
     message: () => 'Impossible number of requests. req_prod 300, req_cons 0, size 256',
   },
   {
+    name: 'req_prod going backwards',
+    send: (g) => {
+      g.send([{ size: 60 }]);
+      g.vif.txAction();
+      g.rig.freeAll();
+      Atomics.store(new Int32Array(g.mem.sab, 0, 4), 0, 0);
+    },
+    message: () => 'Impossible number of requests. req_prod 0, req_cons 1, size 256',
+  },
+  {
     name: 'extra_info flag with no extra slot',
     send: (g) => g.putTx([{ kind: 'req', req: { gref: 9, offset: 0, flags: NETTXF_extra_info, id: 1, size: 60 } }]),
     message: () => 'Missing extra info',
@@ -588,6 +598,17 @@ const errorRows: ErrorRow[] = [
     name: 'a slot both copied and mapped whose copy fails: one ERROR for it',
     send: (g) => g.send([{ size: 600, gref: 999_999 }, { size: 300 }]),
     error: [0],
+    delivered: false,
+  },
+  {
+    name: 'a frag granted to another domain, and a revoked one',
+    send: (g) => {
+      const other = g.table.grantForeignAccess(5, g.frame(), true);
+      const revoked = g.table.grantForeignAccess(0, g.frame(), true);
+      g.table.endForeignAccessRef(revoked);
+      return g.send([{ size: 200 }, { size: 300, gref: other }, { size: 300, gref: revoked }]);
+    },
+    error: [1, 2],
     delivered: false,
   },
   {
@@ -815,6 +836,36 @@ testProp(
   },
   { numRuns: 150 },
 );
+
+test('XSA-155: requests rewritten after they were read change nothing (each is copied once, then validated)', (t) => {
+  let g: TestGuest | null = null;
+  let armed = false;
+  const rig = new Rig({
+    beforeCmpxchg: () => {
+      if (!armed || g === null) return;
+      armed = false;
+      // While netback maps, the guest rewrites every TX slot: huge sizes, offsets past the page, new ids.
+      const v = new DataView(g.mem.sab, 0, XEN_PAGE_SIZE);
+      for (let i = 0; i < 256; i++) {
+        const off = 64 + i * 12;
+        v.setUint16(off + 4, 4000, true);
+        v.setUint16(off + 8, 0xbeef, true);
+        v.setUint16(off + 10, 4096, true);
+      }
+    },
+  });
+  g = rig.guest(1);
+  const p = g.send([{ size: 1000 }, { size: 2000, offset: 5 }]);
+  armed = true;
+  t.is(g.vif.txAction(), 1);
+  t.false(g.vif.disabled);
+  const skb = rig.held[0]!;
+  t.deepEqual(Rig.bytesOf(skb), p.bytes);
+  t.deepEqual([skb.shinfo.frags[1]!.offset, skb.shinfo.frags[1]!.size], [5, 2000]);
+  drain(rig);
+  t.deepEqual(sortedIds(g.txResponses()), expect(p.ids, OK), 'ids echoed from the snapshot, not the rewritten slots');
+  assertClean(t, rig);
+});
 
 test('a packet with an out-of-range gref in the header does not disturb the mapper', (t) => {
   const rig = new Rig();
