@@ -9,15 +9,16 @@
 import type { MessagePort } from 'node:worker_threads';
 import { RealClock, type Clock } from '../shared/clock.js';
 import { ETH_HLEN, ETH_P_ARP, ETH_P_IP, ETH_ZLEN, parseEthHeader, writeEthHeader } from '../shared/ether.js';
-import type { WaitResult } from '../shared/evtchn.js';
-import { DOMID_SELF, GNTCOPY_source_gref, GNTST_bad_handle, GNTST_okay, INVALID_GRANT_HANDLE } from '../shared/gnttab.js';
+import type { EvtchnDomain, WaitResult } from '../shared/evtchn.js';
+import { DOMID_SELF, GNTCOPY_source_gref, GNTMAP_readonly, GNTST_bad_handle, GNTST_okay, INVALID_GRANT_HANDLE } from '../shared/gnttab.js';
 import { GrantMapper, type GrantCopyOp, type GrantMapOp } from '../shared/gnttab-mapper.js';
 import { IPPROTO_TCP, IPPROTO_UDP, UDP_HLEN, parseIpv4Header } from '../shared/inet.js';
 import { XEN_PAGE_SIZE } from '../shared/memory.js';
 import { checkTaggedPayload } from '../shared/payload.js';
 import { Random } from '../shared/random.js';
-import type { XsWorkerPorts } from '../shared/xenstore-protocol.js';
+import type { XsClient, XsWatchHandle, XsWorkerPorts } from '../shared/xenstore-protocol.js';
 import { oracleGrantEvents, type GrantEvents } from './netback.js';
+import { NetbackXenbus } from './netback-xenbus.js';
 import { GrantOracle } from './oracle.js';
 import { FilePcapSink, PcapWriter } from './pcap.js';
 import { designByName } from './release.js';
@@ -25,7 +26,7 @@ import { SkbContext, allocSkb, skbCopyBits, skbPut, type SkBuff } from './skbuff
 import { Stack } from './stack.js';
 import { TcpEndpoint } from './tcp.js';
 import { TcpPeer } from './tcp-peer.js';
-import type { Xenvif } from './xenvif.js';
+import { Xenvif } from './xenvif.js';
 
 // ---- Protocol between the toolstack and the backend worker (the toolstack imports these as types) ----------
 
@@ -324,15 +325,24 @@ export class SoftirqLoop {
 
 // ---- Grant copy instead of mapping (the bench's comparison) -------------------------------------------------
 
+// Copy handles sit in generation 0xfff of the mapper's handle layout (gen << 20 | index), which the few real maps
+// of a copying mapper (ring pages, once per connect) never reach, so the two kinds never collide.
+const COPY_HANDLE_BASE = 0xfff00000;
+
 /**
- * A grant mapper whose "map" is a grant copy of the whole page into a private local page (GNTTABOP_copy with
- * GNTCOPY_source_gref), and whose unmap frees that page: netback's map path then carries copies, so the bench
- * measures the same pipeline paying one copy per payload byte, as a copying netback does. Departure: Linux's
- * copying netback answers each slot at once; here the slot is still answered when the stack frees the page.
+ * A grant mapper whose read-only "map" (netback's TX payload maps) is a grant copy of the whole page into a private
+ * local page (GNTTABOP_copy with GNTCOPY_source_gref), and whose unmap of it frees that page: netback's map path
+ * then carries copies, so the bench measures the same pipeline paying one copy per payload byte, as a copying
+ * netback does. Writable maps (the shared rings) are real maps. Departure: Linux's copying netback answers each
+ * slot at once; here the slot is still answered when the stack frees the page.
  */
 export class CopyingGrantMapper extends GrantMapper {
+  // Handles of real (writable) maps; the others are COPY_HANDLE_BASE + the index of a private page.
+  private readonly realHandles = new Set<number>();
   private readonly pages: Uint8Array[] = [];
   private readonly free: number[] = [];
+  // 1 while pages[i] stands in for a mapping (so a double unmap is refused without a search).
+  private inUse = new Uint8Array(64);
   private readonly op: GrantCopyOp = {
     source: { ref: 0, domid: 0, offset: 0, buf: null },
     dest: { ref: 0, domid: DOMID_SELF, offset: 0, buf: null },
@@ -343,14 +353,24 @@ export class CopyingGrantMapper extends GrantMapper {
   private readonly ops: GrantCopyOp[] = [this.op];
   private live = 0;
 
-  /** Copies the granted page (readonly maps only); op.bytes is the private copy, op.handle its index. */
+  /** Copies the granted page for a read-only map (op.bytes is the private copy, op.handle its index); maps otherwise. */
   override mapOp(op: GrantMapOp): number {
+    if ((op.flags & GNTMAP_readonly) === 0) {
+      const st = super.mapOp(op);
+      if (st === GNTST_okay) this.realHandles.add(op.handle);
+      return st;
+    }
     op.handle = INVALID_GRANT_HANDLE;
     op.bytes = null;
     let idx = this.free.pop();
     if (idx === undefined) {
       idx = this.pages.length;
       this.pages.push(new Uint8Array(XEN_PAGE_SIZE));
+      if (idx >= this.inUse.length) {
+        const grown = new Uint8Array(this.inUse.length * 2);
+        grown.set(this.inUse);
+        this.inUse = grown;
+      }
     }
     const page = this.pages[idx]!;
     const c = this.op;
@@ -363,16 +383,20 @@ export class CopyingGrantMapper extends GrantMapper {
       this.free.push(idx);
       return st;
     }
-    op.handle = idx;
+    op.handle = COPY_HANDLE_BASE + idx;
     op.bytes = page;
+    this.inUse[idx] = 1;
     this.live++;
     return st;
   }
 
-  /** Frees the private page behind `handle`. */
+  /** Frees the private page behind `handle` (or unmaps a real map). */
   override unmap(handle: number): number {
-    if (!Number.isInteger(handle) || handle < 0 || handle >= this.pages.length || this.free.includes(handle)) return GNTST_bad_handle;
-    this.free.push(handle);
+    if (this.realHandles.delete(handle)) return super.unmap(handle);
+    const idx = handle - COPY_HANDLE_BASE;
+    if (!Number.isInteger(idx) || idx < 0 || idx >= this.pages.length || this.inUse[idx] === 0) return GNTST_bad_handle;
+    this.inUse[idx] = 0;
+    this.free.push(idx);
     this.live--;
     return GNTST_okay;
   }
@@ -635,5 +659,163 @@ export class Dom0Backend implements SoftirqWork {
   close(): void {
     this.endpoint.close();
     this.stack.close();
+  }
+}
+
+// ---- The backend worker's runtime: xenbus probing, the loop, the control plane --------------------------------
+
+/** How long finish() waits for each vif's teardown (every grant back) before reporting what is still mapped, ms. */
+export const VIF_REMOVE_TIMEOUT_MS = 3000;
+/** How long drain() keeps waiting after aborting what was left, for the aborted grants to come back, ms. */
+export const DRAIN_ABORT_GRACE_MS = 1000;
+
+const sleepMs = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
+
+/** Settles with the promise's value, or `fallback` after `ms`. */
+async function within<T>(p: Promise<T>, ms: number, fallback: T): Promise<T> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  try {
+    return await Promise.race([p, new Promise<T>((resolve) => (timer = setTimeout(() => resolve(fallback), ms)))]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/**
+ * The backend domain at run time: netback's xenbus driver probes every vif directory that appears under
+ * backend/vif (a xenstore watch, as xenbus_probe does), the softirq loop runs, and the control plane answers the
+ * toolstack (BackendApi). The worker entry builds one and exposes `api`.
+ */
+export class BackendRuntime {
+  readonly loop: SoftirqLoop;
+  readonly devices = new Map<string, NetbackXenbus>();
+  private readonly probing = new Set<string>();
+  private watch: XsWatchHandle | null = null;
+  private loopDone: Promise<void> | null = null;
+  private loopError: string | null = null;
+  private readonly vifRoot: string;
+
+  constructor(
+    readonly dom0: Dom0Backend,
+    readonly evtchn: EvtchnDomain,
+    readonly xs: XsClient,
+  ) {
+    dom0.dispatchEvents = () => evtchn.dispatch();
+    this.loop = new SoftirqLoop(dom0, evtchn, dom0.clock);
+    this.vifRoot = `/local/domain/${dom0.config.domid}/backend/vif`;
+  }
+
+  /** Starts the loop and follows backend/vif (existing devices are probed at once by the watch's first event). */
+  async start(): Promise<void> {
+    this.loopDone = this.loop.start().catch((e: unknown) => {
+      this.loopError = e instanceof Error ? (e.stack ?? e.message) : String(e);
+    });
+    const w = await this.xs.watch(this.vifRoot, () => void this.scan());
+    if (!w.ok) throw new Error(`cannot watch ${this.vifRoot}: ${w.error}`);
+    this.watch = w.value;
+  }
+
+  // Probes every <fe>/<devid> directory not probed yet.
+  private async scan(): Promise<void> {
+    const fes = await this.xs.directory(this.vifRoot);
+    if (!fes.ok) return;
+    for (const fe of fes.value) {
+      const devs = await this.xs.directory(`${this.vifRoot}/${fe}`);
+      if (!devs.ok) continue;
+      for (const devid of devs.value) void this.probe(Number(fe), devid);
+    }
+  }
+
+  private async probe(fe: number, devid: string): Promise<void> {
+    const key = `${fe}/${devid}`;
+    if (this.devices.has(key) || this.probing.has(key) || !Number.isInteger(fe)) return;
+    this.probing.add(key);
+    const dom0 = this.dom0;
+    const r = await NetbackXenbus.probe({
+      client: this.xs,
+      nodename: `${this.vifRoot}/${key}`,
+      mapper: dom0.mapper,
+      evtchn: this.evtchn,
+      clock: dom0.clock,
+      // The port arrives with addDomain, before the guest starts its handshake; look it up at each notice.
+      grantReturnPort: { postMessage: (m, t) => dom0.grantPorts.get(fe)?.postMessage(m, t) },
+      createVif: (domid, handle) => {
+        const vif = new Xenvif({
+          domid,
+          handle,
+          ctx: dom0.ctx,
+          mapper: dom0.mapper,
+          clock: dom0.clock,
+          events: dom0.events,
+          mtu: dom0.config.mtu,
+          rxDrainTimeoutMs: dom0.config.rxDrainTimeoutMs,
+          log: (level, m) => {
+            if (level === 'err') dom0.notes.push(m);
+          },
+        });
+        vif.attach(dom0.stack);
+        dom0.vifs.push({ domid, vif, close: async () => {} });
+        return vif;
+      },
+      destroyVif: (vif) => {
+        vif.detach();
+        const i = dom0.vifs.findIndex((v) => v.vif === vif);
+        if (i >= 0) dom0.vifs.splice(i, 1);
+      },
+    });
+    this.probing.delete(key);
+    if (r.ok) this.devices.set(key, r.value);
+    else dom0.notes.push(`probe of vif ${key} failed: ${r.error}`);
+  }
+
+  /** The control plane the toolstack calls over comlink. */
+  readonly api: BackendApi = {
+    addDomain: (domid, table, memory, grantPort) => this.dom0.addDomain(domid, table, memory, grantPort),
+    stats: () => this.dom0.stats(this.loop.stats),
+    drain: (deadlineMs) => this.drain(deadlineMs),
+    finish: () => this.finish(),
+  };
+
+  /** Waits until the stack holds nothing and every release was flushed; aborts what is left at the deadline. */
+  async drain(deadlineMs: number): Promise<DrainReport> {
+    const clock = this.dom0.clock;
+    const t0 = clock.now();
+    const end = t0 + deadlineMs;
+    while (!this.dom0.quiescent() && clock.now() < end && this.loopError === null) await sleepMs(2);
+    let aborted: string[] = [];
+    if (!this.dom0.quiescent()) {
+      aborted = this.dom0.abortHolders();
+      const grace = clock.now() + DRAIN_ABORT_GRACE_MS;
+      while (!this.dom0.quiescent() && clock.now() < grace && this.loopError === null) await sleepMs(2);
+    }
+    if (this.loopError !== null) throw new Error(`backend loop failed: ${this.loopError}`);
+    return { quiescent: aborted.length === 0, ms: clock.now() - t0, aborted, liveSkbs: this.dom0.liveSkbs() };
+  }
+
+  /**
+   * Removes every vif (each waits for its grants, bounded), stops the loop, runs the oracle's quiescence check,
+   * closes the stack and the xenstore connection. The worker exits once the control port closes.
+   */
+  async finish(): Promise<BackendReport> {
+    const dom0 = this.dom0;
+    if (this.watch !== null) {
+      await this.xs.unwatch(this.watch);
+      this.watch = null;
+    }
+    for (const [key, dev] of this.devices) {
+      const done = await within(dev.remove().then(() => true), VIF_REMOVE_TIMEOUT_MS, false);
+      if (!done) dom0.notes.push(`vif ${key}: ${dev.stillMapped().length} grants still mapped after ${VIF_REMOVE_TIMEOUT_MS} ms`);
+    }
+    await this.loop.stop();
+    await this.loopDone;
+    if (this.loopError !== null) throw new Error(`backend loop failed: ${this.loopError}`);
+    const report = dom0.report();
+    dom0.close();
+    return report;
+  }
+
+  /** Releases the xenstore connection (after finish, or on a failed start). */
+  close(): void {
+    this.xs.close();
   }
 }

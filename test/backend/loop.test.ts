@@ -186,6 +186,21 @@ test('copying mapper: a "map" is a private copy of the page; the grant is never 
   t.is(m.liveCopies, 0);
 });
 
+test('copying mapper: writable maps (the shared rings) are real maps into guest memory, pinned until unmapped', (t) => {
+  const { memory, gt } = guestWithGrant();
+  const ring = gt.grantForeignAccess(0, 3, false);
+  const m = new CopyingGrantMapper({ domid: 0 });
+  m.addDomain(1, gt.entries.sab, memory.sab);
+  const r = m.map({ dom: 1, ref: ring, flags: GNTMAP_host_map });
+  t.is(r.status, GNTST_okay);
+  t.is(r.bytes!.buffer, memory.sab as unknown as ArrayBuffer);
+  t.true(gt.queryForeignAccess(ring), 'a real map pins the grant');
+  t.is(m.liveCopies, 0);
+  t.is(m.unmap(r.handle), GNTST_okay);
+  t.false(gt.queryForeignAccess(ring));
+  t.is(m.unmap(r.handle), GNTST_bad_handle);
+});
+
 function config(over: Partial<BackendConfig> = {}): BackendConfig {
   return {
     domid: 0,
