@@ -20,6 +20,8 @@
 // - tx_zerocopy_sent also counts a packet dropped by checksum_setup after it was made zerocopy, so that
 //   sent = success + fail holds (Linux counts only its completion).
 // - skb.data stays at the Ethernet header (the bridge's input contract); eth_type_trans's pull is not done.
+// - A copy mode (txGrantCopy, for comparisons): the payload past the header is grant-copied into local pages and
+//   every slot is answered at once, as netback did before 2014 and QEMU and FreeBSD's xnb still do.
 
 import type { EventPort } from '../shared/evtchn.js';
 import { ETH_P_IP, ETH_P_IPV6 } from '../shared/ether.js';
@@ -102,6 +104,8 @@ const PENDING_MASK = MAX_PENDING_REQS - 1;
 const EXTRA_SLOTS = XEN_NETIF_EXTRA_TYPE_MAX - 1;
 /** Header copy ops one packet may need: one per slot it spans plus one split at the local page boundary. */
 const MAX_COPY_GROUPS = XEN_NETBK_LEGACY_SLOTS_MAX + 1;
+/** Local pages a copied packet needs at most: ceil(0xffff / PAGE_SIZE). */
+const MAX_LOCAL_PAGES = 16;
 
 // Pending index states (our bookkeeping of what Linux keeps implicit), so a bad release is refused, not obeyed.
 const ST_FREE = 0; // on the pending ring
@@ -181,6 +185,8 @@ export interface TxVif {
   readonly txHeadroom: number;
   /** Slots at which a packet is fatal (netback.c fatal_skb_slots). */
   readonly fatalSkbSlots: number;
+  /** Copy the whole packet into local pages instead of mapping (the pre-2014 netback, QEMU, FreeBSD xnb). */
+  readonly txGrantCopy: boolean;
   /** vif->disabled. */
   readonly disabled: boolean;
   /** The guest is dead: responses are still written (its ring is still mapped) but it is never notified. */
@@ -220,6 +226,9 @@ class TxPacket {
   readonly copyIdx = new Uint16Array(MAX_COPY_GROUPS);
   readonly copyOpStart = new Uint16Array(MAX_COPY_GROUPS);
   readonly copyOpCount = new Uint8Array(MAX_COPY_GROUPS);
+  /** Copy mode (txGrantCopy): the local pages the payload past the header is copied into, and their fill. */
+  readonly local: Page[] = [];
+  readonly localSize = new Uint16Array(MAX_LOCAL_PAGES);
   nCopy = 0;
   /** The last copied slot continues as frag 0 (sharedslot): its response comes from the frag. */
   shared = false;
@@ -333,7 +342,7 @@ export class XenvifTxQueue {
       this.mmapPages.push(page);
       this.pageIdx.set(page, i);
       this.mapOps.push({ dom: 0, ref: 0, flags: 0, status: GNTST_okay, handle: INVALID_GRANT_HANDLE, bytes: null });
-      this.copyOps.push(newCopyOp(), newCopyOp());
+      this.copyOps.push(newCopyOp());
       this.errReqs.push(TxRequest.create());
     }
     for (let i = 0; i <= XEN_NETBK_LEGACY_SLOTS_MAX; i++) this.slots.push(TxRequest.create());
@@ -488,7 +497,7 @@ export class XenvifTxQueue {
       }
       skbReserve(skb, vif.txHeadroom);
       let nskb: SkBuff | null = null;
-      if (ret > MAX_SKB_FRAGS) {
+      if (ret > MAX_SKB_FRAGS && !vif.txGrantCopy) {
         nskb = vif.allocSkb(vif.txHeadroom);
         if (nskb === null) {
           kfreeSkb(skb);
@@ -517,7 +526,7 @@ export class XenvifTxQueue {
       // The frag slots are consumed first: a zero-length one is answered while the requests are built.
       ring.consumeRequests(ret);
       this.getRequests(pkt, skb, ret + 1, extraCount, dataLen);
-      if (this.nMapOps >= MAX_PENDING_REQS || this.nCopyOps >= 2 * MAX_PENDING_REQS) break;
+      if (this.nMapOps >= MAX_PENDING_REQS) break;
     }
   }
 
@@ -529,6 +538,7 @@ export class XenvifTxQueue {
     }
     this.nPackets++;
     p.nCopy = 0;
+    p.local.length = 0;
     p.shared = false;
     p.nFrags = 0;
     p.nOverflow = 0;
@@ -639,28 +649,7 @@ export class XenvifTxQueue {
       // Don't cross a local page boundary (a grant copy must stay within one page on each side).
       if (inPage + amount > XEN_PAGE_SIZE) amount = XEN_PAGE_SIZE - inPage;
       const idx = this.pendingRing[this.pendingCons & PENDING_MASK]!;
-      const opNo = this.nCopyOps++;
-      const op = this.copyOps[opNo]!;
-      op.source.ref = txp.gref;
-      op.source.domid = vif.domid;
-      op.source.offset = txp.offset;
-      op.source.buf = null;
-      op.dest.ref = 0;
-      op.dest.domid = DOMID_SELF;
-      op.dest.offset = inPage;
-      op.dest.buf = head.subarray(pageStart);
-      op.len = amount;
-      op.flags = GNTCOPY_source_gref;
-      op.status = GNTST_okay;
-      const g = pkt.nCopy;
-      if (g > 0 && pkt.copyIdx[g - 1] === idx) {
-        pkt.copyOpCount[g - 1]!++;
-      } else {
-        pkt.copyIdx[g] = idx;
-        pkt.copyOpStart[g] = opNo;
-        pkt.copyOpCount[g] = 1;
-        pkt.nCopy = g + 1;
-      }
+      this.addCopyOp(pkt, idx, txp.gref, txp.offset, head.subarray(pageStart), inPage, amount);
       destOff += amount;
       remaining -= amount;
       if (amount === txp.size) {
@@ -677,14 +666,40 @@ export class XenvifTxQueue {
         lastPartial = true;
       }
     }
-    pkt.shared = lastPartial;
+    pkt.shared = lastPartial && !vif.txGrantCopy;
     pkt.mapStart = this.nMapOps;
+    let local: Page | null = null;
+    let localOff = 0;
     for (; s < nSlots; s++) {
       const txp = slots[s]!;
       if (txp.size === 0) {
         // XSA-448: a zero-length slot is no frag; answer it now.
         this.makeTxResponse(txp, 0, XEN_NETIF_RSP_OKAY);
         vif.stats.txZeroLengthSlots++;
+        continue;
+      }
+      if (vif.txGrantCopy) {
+        // Copy mode: the rest of the packet is packed into fresh local pages, each op within one page on both sides.
+        const idx = this.pendingRing[this.pendingCons & PENDING_MASK]!;
+        copyTxReq(this.pendingReq[idx]!, txp);
+        this.pendingExtra[idx] = s === 0 ? extraCount : 0;
+        let srcOff = txp.offset;
+        let left = txp.size;
+        while (left > 0) {
+          if (local === null || localOff === PAGE_SIZE) {
+            local = allocPage(vif.ctx);
+            pkt.local.push(local);
+            pkt.localSize[pkt.local.length - 1] = 0;
+            localOff = 0;
+          }
+          const n = left < PAGE_SIZE - localOff ? left : PAGE_SIZE - localOff;
+          this.addCopyOp(pkt, idx, txp.gref, srcOff, local.bytes, localOff, n);
+          pkt.localSize[pkt.local.length - 1]! += n;
+          localOff += n;
+          srcOff += n;
+          left -= n;
+        }
+        this.takePending(idx, ST_COPY);
         continue;
       }
       const idx = this.pendingRing[this.pendingCons & PENDING_MASK]!;
@@ -705,6 +720,37 @@ export class XenvifTxQueue {
         if (pkt.nskb === null) throw new Error('netback: frag overflow without a frag_list skb');
         pkt.overflow[pkt.nOverflow++] = idx;
       }
+    }
+  }
+
+  // One grant copy op from (gref, srcOff) into local memory `buf` at `destOff`, grouped with the other ops of the
+  // same slot (pending index): a slot is answered once, with the first failure of its ops.
+  private addCopyOp(pkt: TxPacket, idx: number, gref: number, srcOff: number, buf: Uint8Array, destOff: number, len: number): void {
+    const opNo = this.nCopyOps++;
+    let op = this.copyOps[opNo];
+    if (op === undefined) {
+      op = newCopyOp();
+      this.copyOps.push(op);
+    }
+    op.source.ref = gref;
+    op.source.domid = this.vif.domid;
+    op.source.offset = srcOff;
+    op.source.buf = null;
+    op.dest.ref = 0;
+    op.dest.domid = DOMID_SELF;
+    op.dest.offset = destOff;
+    op.dest.buf = buf;
+    op.len = len;
+    op.flags = GNTCOPY_source_gref;
+    op.status = GNTST_okay;
+    const g = pkt.nCopy;
+    if (g > 0 && pkt.copyIdx[g - 1] === idx) {
+      pkt.copyOpCount[g - 1]!++;
+    } else {
+      pkt.copyIdx[g] = idx;
+      pkt.copyOpStart[g] = opNo;
+      pkt.copyOpCount[g] = 1;
+      pkt.nCopy = g + 1;
     }
   }
 
@@ -757,8 +803,14 @@ export class XenvifTxQueue {
         // check_gop answered and unmapped every slot; no frag was added, so freeing releases nothing of the guest's.
         kfreeSkb(skb);
         if (nskb !== null) kfreeSkb(nskb);
+        for (let i = 0; i < pkt.local.length; i++) putPage(vif.ctx, pkt.local[i]!);
+        pkt.local.length = 0;
         continue;
       }
+      // Copy mode: the local pages become the frags (their allocation reference goes to the skb).
+      for (let i = 0; i < pkt.local.length; i++) skbAddFrag(skb, pkt.local[i]!, 0, pkt.localSize[i]!);
+      if (pkt.local.length > 0) vif.stats.txGrantCopied++;
+      pkt.local.length = 0;
       if ((pkt.flags & NETTXF_csum_blank) !== 0) skb.ipSummed = CHECKSUM_PARTIAL;
       else if ((pkt.flags & NETTXF_data_validated) !== 0) skb.ipSummed = CHECKSUM_UNNECESSARY;
 

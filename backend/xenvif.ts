@@ -71,6 +71,8 @@ export class XenvifStats {
   txZeroLengthSlots = 0;
   txCopyErrors = 0;
   txMapErrors = 0;
+  /** TX packets whose payload was grant-copied into local pages (txGrantCopy). */
+  txGrantCopied = 0;
   /** TX packets dropped by checksum_setup (their slots are answered OKAY). */
   txChecksumDrops = 0;
   /** FATAL errors (the vif was disabled). */
@@ -138,6 +140,8 @@ export interface XenvifOptions {
   readonly fatalSkbSlots?: number;
   /** Headroom before the TX linear data (default NET_SKB_PAD). */
   readonly txHeadroom?: number;
+  /** Grant-copy TX payloads into local pages instead of mapping them (default false: zero-copy). */
+  readonly txGrantCopy?: boolean;
   /** alloc_skb (a fault hook: return null to fail an allocation). */
   readonly allocSkb?: (ctx: SkbContext, size: number) => SkBuff | null;
 }
@@ -181,6 +185,7 @@ export class Xenvif implements NetDevice, SkbHolder {
   readonly stats = new XenvifStats();
   readonly txHeadroom: number;
   readonly fatalSkbSlots: number;
+  readonly txGrantCopy: boolean;
   mtu: number;
   /** vif->disabled: a FATAL error; nothing new is consumed or answered until the next connect. */
   disabled = false;
@@ -222,6 +227,7 @@ export class Xenvif implements NetDevice, SkbHolder {
     this.logFn = opts.log;
     this.mtu = opts.mtu ?? XENVIF_DEFAULT_MTU;
     this.txHeadroom = opts.txHeadroom ?? NET_SKB_PAD;
+    this.txGrantCopy = opts.txGrantCopy ?? false;
     const fatal = opts.fatalSkbSlots ?? FATAL_SKB_SLOTS_DEFAULT;
     // netback_init: "fatal_skb_slots too small, bump it to XEN_NETBK_LEGACY_SLOTS_MAX".
     this.fatalSkbSlots = fatal < XEN_NETBK_LEGACY_SLOTS_MAX ? XEN_NETBK_LEGACY_SLOTS_MAX : fatal;
