@@ -195,9 +195,9 @@ export class TxFrame implements TxPacket {
     const data = l4 + l4hdr;
     if (udp) {
       writeUdpHeader(buf, l4, this.sport, this.dport, l4len);
-      const v = new DataView(buf.buffer, buf.byteOffset + data, PAYLOAD_TAG_LEN);
-      v.setUint32(0, this.stream, true);
-      v.setUint32(4, this.pos, true);
+      // The tag, little-endian as payload.ts writes it, without building a DataView per frame.
+      putLe32(buf, data, this.stream);
+      putLe32(buf, data + 4, this.pos);
       this.cache.fill(buf, data + PAYLOAD_TAG_LEN, this.payloadLen - PAYLOAD_TAG_LEN, this.stream, this.pos);
     } else {
       writeTcpHeader(buf, l4, { sport: this.sport, dport: this.dport, seq: this.seq, ack: this.ack, flags: this.tcpFlags, window: this.window });
@@ -214,6 +214,13 @@ export class TxFrame implements TxPacket {
     this.writeTo(b, 0);
     return b;
   }
+}
+
+function putLe32(buf: Uint8Array, off: number, v: number): void {
+  buf[off] = v & 0xff;
+  buf[off + 1] = (v >>> 8) & 0xff;
+  buf[off + 2] = (v >>> 16) & 0xff;
+  buf[off + 3] = v >>> 24;
 }
 
 // ---- Receive-side verification ---------------------------------------------------------------------------
@@ -304,12 +311,15 @@ export class FrameVerifier {
 
 // ---- TCP bulk sender -------------------------------------------------------------------------------------
 
-/** Sender states (include/net/tcp_states.h names where they apply). */
+/** Sender state: not open, or reset (include/net/tcp_states.h). */
 export const TCP_CLOSE = 7;
+/** Sender state: SYN sent, waiting for the SYN-ACK (include/net/tcp_states.h). */
 export const TCP_SYN_SENT = 2;
+/** Sender state: sending the stream (include/net/tcp_states.h). */
 export const TCP_ESTABLISHED = 1;
+/** Sender state: FIN sent, not yet ACKed (include/net/tcp_states.h). */
 export const TCP_FIN_WAIT1 = 4;
-/** The FIN was ACKed (and the peer's FIN seen): the stream is complete. */
+/** Sender state: the FIN was ACKed and the peer's FIN seen; the stream is complete (ours, not Linux's). */
 export const TCP_DONE = 11;
 
 /** Options of a TcpBulkSender. */
