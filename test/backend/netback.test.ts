@@ -922,3 +922,52 @@ test('copy mode: a slot whose copy fails is ERROR, the others OKAY, and the loca
   t.is(rig.ctx.stats.pageAllocs, rig.ctx.stats.pageFrees, 'every local page was freed');
   t.is(rig.held.length, 0);
 });
+
+// ---------------------------------------------------------------------------------------------------------
+// A hostile guest: random slot contents never make netback throw, leak, or answer a slot twice
+
+// Mostly plausible slots with some garbage, so runs reach deep states instead of all ending in a FATAL.
+const rawSlotArb = fc.record({
+  kind: fc.oneof({ arbitrary: fc.constant('good'), weight: 6 }, { arbitrary: fc.constant('bad'), weight: 1 }, { arbitrary: fc.constant('extra'), weight: 1 }),
+  offset: fc.oneof({ arbitrary: fc.constant(0), weight: 3 }, { arbitrary: fc.integer({ min: 0, max: 200 }), weight: 3 }, { arbitrary: fc.integer({ min: 0, max: 4096 }), weight: 1 }),
+  size: fc.oneof({ arbitrary: fc.integer({ min: 0, max: 300 }), weight: 4 }, { arbitrary: fc.integer({ min: 0, max: 4096 }), weight: 1 }, { arbitrary: fc.integer({ min: 0, max: 0xffff }), weight: 1 }),
+  flags: fc.oneof({ arbitrary: fc.constantFrom(0, 4, 5, 6), weight: 6 }, { arbitrary: fc.integer({ min: 0, max: 15 }), weight: 1 }),
+  id: fc.integer({ min: 0, max: 0xffff }),
+  etype: fc.oneof({ arbitrary: fc.integer({ min: 1, max: 5 }), weight: 5 }, { arbitrary: fc.integer({ min: 0, max: 7 }), weight: 1 }),
+  eflags: fc.integer({ min: 0, max: 1 }),
+  esize: fc.integer({ min: 0, max: 3000 }),
+});
+
+testProp(
+  'random TX slots: no throw, every consumed slot answered at most once (exactly once unless FATAL), nothing leaked',
+  [fc.array(rawSlotArb, { minLength: 1, maxLength: 60 }), fc.boolean()],
+  (t, raw, copyMode) => {
+    const rig = new Rig({ frames: 100, vif: { txGrantCopy: copyMode } });
+    const g = rig.guest(1);
+    const entries = raw.map((r) => {
+      if (r.kind === 'extra') {
+        const b = new Uint8Array([r.etype, r.eflags, r.esize & 0xff, r.esize >>> 8, 1, 0, 0, 0]);
+        return { kind: 'raw' as const, bytes: b };
+      }
+      const gref = r.kind === 'good' ? g.grant()[0] : 3_000_000 + r.id;
+      return { kind: 'req' as const, req: { gref, offset: r.offset, flags: r.flags, id: r.id, size: r.size } };
+    });
+    g.putTx(entries);
+    for (let i = 0; i < 80 && !g.vif.disabled; i++) {
+      if (g.vif.txAction() === 0 && !g.vif.tx!.hasWork()) break;
+      rig.freeAll();
+      g.vif.flushDealloc();
+    }
+    drain(rig);
+    const ring = g.vif.tx!.ring;
+    const consumed = ring.reqCons;
+    const answered = ring.rspProdPvt;
+    t.true(((consumed - answered) >>> 0) <= 256);
+    if (!g.vif.disabled) t.is(answered, consumed, 'every consumed slot answered');
+    t.is(g.vif.tx!.nrPendingReqs, 0);
+    const st = g.vif.stats;
+    t.is(st.txZerocopySent, st.txZerocopySuccess + st.txZerocopyFail);
+    assertClean(t, rig);
+  },
+  { numRuns: 200 },
+);
