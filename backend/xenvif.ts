@@ -36,7 +36,7 @@ import {
   XenvifRxQueue,
   type RxDrainPolicy,
 } from './netback-rx.js';
-import { allocSkb, kfreeSkb, type SkBuff, type SkbContext } from './skbuff.js';
+import { SKB_GSO_TCPV4, allocSkb, kfreeSkb, type SkBuff, type SkbContext } from './skbuff.js';
 
 /** -ENOSPC, as xenvif_mcast_add returns it. */
 const ENOSPC = 28;
@@ -363,7 +363,7 @@ export class Xenvif implements NetDevice, SkbHolder {
     }
     const s = skb.shinfo;
     if (s.gsoSize !== 0) {
-      const t = (s.gsoType & 1) !== 0 ? XEN_NETIF_GSO_TYPE_TCPV4 : XEN_NETIF_GSO_TYPE_TCPV6;
+      const t = (s.gsoType & SKB_GSO_TCPV4) !== 0 ? XEN_NETIF_GSO_TYPE_TCPV4 : XEN_NETIF_GSO_TYPE_TCPV6;
       if ((this.feat.gsoMask & (1 << t)) === 0 || !this.feat.canSg) {
         // validate_xmit_skb: the frontend does not take this GSO type, so segment in software first.
         this.xmitSegmented(skb);
