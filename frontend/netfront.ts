@@ -20,10 +20,10 @@
 // while broken, since ending access is always safe and reconnect needs the pages back; a frame larger than one
 // page is built in a scratch buffer and copied into its pages (Linux's socket copy).
 
-import type { Clock } from '../shared/clock.js';
+import type { Clock, TimerId } from '../shared/clock.js';
 import { ETH_HLEN } from '../shared/ether.js';
 import type { EventPort, EvtchnDomain } from '../shared/evtchn.js';
-import { GNTTAB_NR_RESERVED_ENTRIES, hexAlt, type GrantTable } from '../shared/gnttab.js';
+import { GNTTAB_DEFERRED_RETRY_MS, GNTTAB_NR_RESERVED_ENTRIES, hexAlt, type GrantTable } from '../shared/gnttab.js';
 import { XEN_PAGE_SIZE, type GuestMemory } from '../shared/memory.js';
 import {
   ExtraInfo,
@@ -71,6 +71,13 @@ export const MAX_XEN_SKB_FRAGS = 65536 / XEN_PAGE_SIZE + 1;
 export const RX_COPY_THRESHOLD = 256;
 /** Linux netfront refills RX when fewer than this many requests are outstanding (xen-netfront.c NET_RX_SLOTS_MIN). */
 export const NET_RX_SLOTS_MIN = XEN_NETIF_NR_SLOTS_MIN + 1;
+/** How often stuck grants are retried, as Linux retries its deferred revokes (drivers/xen/grant-table.c). */
+export const NETFRONT_REVOKE_RETRY_MS = GNTTAB_DEFERRED_RETRY_MS;
+/**
+ * How long a TX grant ended at teardown without its return keeps its ref: a late return from the old backend
+ * then names a ref nobody reuses (ours: Linux has no grant-return notices).
+ */
+export const NETFRONT_QUARANTINE_MS = 10_000;
 /** Largest frame netfront reassembles on RX: XEN_NETIF_NR_SLOTS_MIN + 1 full slots. */
 export const NETFRONT_RX_MAX_FRAME = (XEN_NETIF_NR_SLOTS_MIN + 1) * XEN_PAGE_SIZE;
 
@@ -92,6 +99,8 @@ const REF_RX_IDLE_CLAIMED = 6;
 const REF_RING = 7;
 /** An RX buffer or ring page still mapped when access had to end (broken, or at teardown). */
 const REF_STUCK = 8;
+/** A TX grant ended without its return (torn-down connection): page reused, ref held until the late return or a timeout. */
+const REF_QUARANTINE = 9;
 
 /** What the backend advertises (drivers/net/xen-netback/xenbus.c keys). */
 export interface NetbackFeatures {
@@ -190,6 +199,8 @@ export interface NetfrontStats {
   endAccessFailures: number;
   /** Grant returns naming a ref that is not an outstanding TX grant. */
   badGrantReturns: number;
+  /** Returns of TX grants already ended at teardown (the old backend's late notices): accepted, nothing to do. */
+  lateGrantReturns: number;
   grantReturnBatches: number;
   rxPackets: number;
   rxBytes: number;
@@ -232,6 +243,7 @@ function zeroStats(): NetfrontStats {
     grantsReclaimed: 0,
     endAccessFailures: 0,
     badGrantReturns: 0,
+    lateGrantReturns: 0,
     grantReturnBatches: 0,
     rxPackets: 0,
     rxBytes: 0,
@@ -378,6 +390,10 @@ export class Netfront {
   private readonly refFrame: Int32Array;
   private readonly pushTime: Float64Array;
   private readonly stuck: number[] = [];
+  // Refs of TX grants ended at teardown without their return, and when; released after NETFRONT_QUARANTINE_MS.
+  private readonly quarantine: number[] = [];
+  private readonly quarantineAt: Float64Array;
+  private maintenance: TimerId | undefined;
   private txOutstanding = 0;
   // TX request ids (xen-netfront.c tx_link / TX_PENDING): pending until their response arrives.
   private readonly txIdPending = new Uint8Array(NET_TX_RING_SIZE);
@@ -436,6 +452,7 @@ export class Netfront {
     this.refFrame = new Int32Array(n).fill(-1);
     this.pushTime = new Float64Array(n);
     this.refAnswered = new Uint8Array(n);
+    this.quarantineAt = new Float64Array(n);
     this.rxIdle = new Int32Array(this.rxBufferCount);
     this.poisonRx = opts.poisonRx ?? true;
   }
@@ -520,9 +537,10 @@ export class Netfront {
     for (let ref = GNTTAB_NR_RESERVED_ENTRIES; ref < states.length; ref++) {
       switch (states[ref]) {
         case REF_TX:
-          if (this.endAndRecycle(ref, true)) {
+          if (this.gnttab.endForeignAccessRef(ref)) {
             this.txOutstanding--;
             this.stats.grantsReclaimed++;
+            this.quarantineRef(ref);
           } else {
             states[ref] = REF_TX_ORPHAN;
             this.stuck.push(ref);
@@ -547,6 +565,7 @@ export class Netfront {
     }
     this.rxIdleTop = 0;
     this.rxSlotRef.fill(-1);
+    this.scheduleMaintenance();
     this.tx = null;
     this.rx = null;
     this.txRingRef = -1;
@@ -560,21 +579,74 @@ export class Netfront {
     for (let i = this.stuck.length - 1; i >= 0; i--) {
       const ref = this.stuck[i]!;
       const st = this.refState[ref];
-      const tx = st === REF_TX_STUCK || st === REF_TX_ORPHAN;
       if (!this.gnttab.endForeignAccessRef(ref)) continue;
-      this.gnttab.freeRef(ref);
-      if (tx) {
-        // granted = returned + reclaimed + outstanding: a stuck grant was returned, an orphan never was.
-        this.txOutstanding--;
-        if (st === REF_TX_STUCK) this.stats.grantsReturned++;
-        else this.stats.grantsReclaimed++;
-      }
-      this.recycle(ref, tx);
       this.stuck.splice(i, 1);
       done++;
+      // granted = returned + reclaimed + outstanding: a stuck grant was returned, an orphan never was.
+      if (st === REF_TX_ORPHAN) {
+        this.txOutstanding--;
+        this.stats.grantsReclaimed++;
+        this.quarantineRef(ref);
+        continue;
+      }
+      this.gnttab.freeRef(ref);
+      if (st === REF_TX_STUCK) {
+        this.txOutstanding--;
+        this.stats.grantsReturned++;
+      }
+      this.recycle(ref, st === REF_TX_STUCK);
     }
     return done;
   }
+
+  /** Refs held back after teardown so that a late grant return cannot name a reused ref. */
+  get quarantinedRefs(): number {
+    return this.quarantine.length;
+  }
+
+  /** Stops the retry timer (the guest is going away; stuck grants stay stuck, held refs stay held). */
+  dispose(): void {
+    if (this.maintenance !== undefined) this.opts.clock.cancel(this.maintenance);
+    this.maintenance = undefined;
+  }
+
+  // The page goes back to the pool now (access has ended); the ref waits for the late return or the timeout.
+  private quarantineRef(ref: number): void {
+    const frame = this.refFrame[ref]!;
+    this.memory.frame(frame).fill(NETFRONT_POISON);
+    this.pool[this.poolTop++] = frame;
+    this.refFrame[ref] = -1;
+    if (this.refAnswered[ref] !== 0) {
+      this.refAnswered[ref] = 0;
+      this.answeredOutstanding--;
+    }
+    this.refState[ref] = REF_QUARANTINE;
+    this.quarantineAt[ref] = this.clock.now();
+    this.quarantine.push(ref);
+  }
+
+  private releaseQuarantine(ref: number): void {
+    this.gnttab.freeRef(ref);
+    this.refState[ref] = REF_NONE;
+    this.quarantine.splice(this.quarantine.indexOf(ref), 1);
+  }
+
+  // Linux's deferred-revoke timer, for our stuck grants and held refs: runs while either list is non-empty.
+  private scheduleMaintenance(): void {
+    if (this.maintenance !== undefined || (this.stuck.length === 0 && this.quarantine.length === 0)) return;
+    this.maintenance = this.clock.schedule(NETFRONT_REVOKE_RETRY_MS, this.onMaintenance);
+  }
+
+  private readonly onMaintenance = (): void => {
+    this.maintenance = undefined;
+    this.retryRevokes();
+    const now = this.clock.now();
+    for (let i = this.quarantine.length - 1; i >= 0; i--) {
+      const ref = this.quarantine[i]!;
+      if (now - this.quarantineAt[ref]! >= NETFRONT_QUARANTINE_MS) this.releaseQuarantine(ref);
+    }
+    this.scheduleMaintenance();
+  };
 
   /** Where every frame netfront owns is now. */
   audit(): NetfrontAudit {
@@ -741,6 +813,12 @@ export class Netfront {
         continue;
       }
       const st = states[ref];
+      if (st === REF_QUARANTINE) {
+        // The old backend's return of a grant we ended at teardown: it is done with the ref, release it now.
+        s.lateGrantReturns++;
+        this.releaseQuarantine(ref);
+        continue;
+      }
       if (st !== REF_TX && st !== REF_TX_ORPHAN) {
         s.badGrantReturns++;
         this.markBroken(`grant return names ref ${hexAlt(ref)}, which is not an outstanding TX grant`);
@@ -751,6 +829,7 @@ export class Netfront {
         if (st === REF_TX) {
           states[ref] = REF_TX_STUCK;
           this.stuck.push(ref);
+          this.scheduleMaintenance();
           this.markBroken(`Grant still in use by backend domain: ref ${hexAlt(ref)}`);
         }
         continue;
@@ -1097,6 +1176,7 @@ export class Netfront {
   private makeStuck(ref: number): void {
     this.refState[ref] = REF_STUCK;
     this.stuck.push(ref);
+    this.scheduleMaintenance();
   }
 
   private releaseRings(): void {

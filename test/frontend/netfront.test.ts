@@ -23,7 +23,7 @@ import {
   XEN_NETIF_RSP_OKAY,
 } from '../../shared/netif.js';
 import { kRspProd } from '../../shared/ring.js';
-import { LatencyHistogram, NETFRONT_POISON, type TxPacket, type TxSource } from '../../frontend/netfront.js';
+import { LatencyHistogram, NETFRONT_POISON, NETFRONT_QUARANTINE_MS, NETFRONT_REVOKE_RETRY_MS, type TxPacket, type TxSource } from '../../frontend/netfront.js';
 import { TxFrame, type Flow } from '../../frontend/traffic.js';
 import { ALL_FEATURES, BE, FE_MAC, ScriptedBackend, connected, makeGuest, type GuestRig } from './scripted-backend.js';
 
@@ -639,6 +639,53 @@ test('disconnect reclaims what the backend let go, keeps what it maps, accepts l
   t.is(g.nf.xmit(udp(64)), 'sent');
   t.is(be2.readTx().length, 1);
   t.is(be2.takeRx(), 256);
+});
+
+test('a late return from the old backend names a held ref: accepted, and no grant of the new connection reuses it', (t) => {
+  const { g, be } = connected();
+  g.nf.xmit(udp(100));
+  const [old] = be.readTx();
+  const oldRef = old!.refs[0]!;
+  be.unmap(old!.refs); // the old backend let go; its return is still on its way
+  g.nf.disconnect();
+  t.is(g.nf.stats.grantsReclaimed, 1);
+  t.is(g.nf.quarantinedRefs, 1);
+  const rings = g.nf.setupRings();
+  if (!rings.ok) return t.fail(rings.error);
+  const be2 = new ScriptedBackend(g, rings.value);
+  g.nf.connect(ALL_FEATURES);
+  for (let i = 0; i < 20; i++) g.nf.xmit(udp(100 + i));
+  const fresh = be2.readTx();
+  t.false(fresh.some((p) => p.refs.includes(oldRef)), 'the held ref was not granted again');
+  t.is(g.nf.handleGrantReturns([oldRef]), 0);
+  t.is(g.nf.stats.lateGrantReturns, 1);
+  t.is(g.nf.stats.badGrantReturns, 0);
+  t.false(g.nf.broken);
+  t.is(g.nf.quarantinedRefs, 0);
+  t.is(g.nf.grantsOutstanding, 20, 'the new connection\'s grants are untouched');
+  for (const p of fresh) t.deepEqual(g.mem.frame(frameOf(g, p.refs[0]!)).subarray(0, p.data.length), p.data);
+});
+
+test('stuck grants are retried every second; held refs are released after NETFRONT_QUARANTINE_MS; then the timer stops', (t) => {
+  const { g, be } = connected();
+  g.nf.xmit(udp(100));
+  g.nf.xmit(udp(200));
+  const [p0] = be.readTx();
+  be.unmap(p0!.refs);
+  t.is(g.nf.disconnect(), 3, 'one TX page and both ring pages are still mapped');
+  t.is(g.nf.quarantinedRefs, 1);
+  be.close(); // the backend finally lets go of everything, without returning anything
+  g.clock.advance(NETFRONT_REVOKE_RETRY_MS);
+  t.is(g.nf.audit().stuck, 0);
+  t.is(g.nf.quarantinedRefs, 2, 'the orphan ended by the retry is held too');
+  t.is(g.nf.stats.grantsReclaimed, 2);
+  g.clock.advance(NETFRONT_QUARANTINE_MS - NETFRONT_REVOKE_RETRY_MS);
+  t.is(g.nf.quarantinedRefs, 1, 'the first held ref is released after its time');
+  g.clock.advance(NETFRONT_REVOKE_RETRY_MS);
+  t.is(g.nf.quarantinedRefs, 0);
+  t.is(g.gnttab.freeCount, g.gnttab.nrEntries - 8, 'every ref is free again');
+  t.is(g.clock.nextDeadline(), Infinity, 'no timer left');
+  t.deepEqual(g.nf.audit(), { total: g.frames.length, pool: g.frames.length, rings: 0, tx: 0, rx: 0, stuck: 0 });
 });
 
 test('setupRings resets broken, as talk_to_netback does on reconnect', (t) => {
