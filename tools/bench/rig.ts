@@ -8,12 +8,12 @@ import { Xenvif } from '../../backend/xenvif.js';
 import { NetfrontDriver, type GuestSource } from '../../frontend/loop.js';
 import { Netfront } from '../../frontend/netfront.js';
 import type { Clock } from '../../shared/clock.js';
-import { EvtchnHost, type EvtchnDomain } from '../../shared/evtchn.js';
+import { EvtchnHost, type EventPort, type EvtchnDomain } from '../../shared/evtchn.js';
 import { GNTMAP_host_map, GNTST_okay, GrantTable } from '../../shared/gnttab.js';
 import type { GrantReturnMessage } from '../../shared/grant-return.js';
-import { GuestMemory } from '../../shared/memory.js';
+import { GuestMemory, XEN_PAGE_SIZE } from '../../shared/memory.js';
 import { XEN_NETIF_GSO_TYPE_TCPV4, XEN_NETIF_RX_SLOT_SIZE, XEN_NETIF_TX_SLOT_SIZE } from '../../shared/netif.js';
-import { attachBackRing, type BackRing } from '../../shared/ring.js';
+import { FrontRing, attachBackRing, sharedRingInit, type BackRing } from '../../shared/ring.js';
 
 /** One guest of the rig. */
 export class RigGuest {
@@ -42,6 +42,23 @@ export interface RigOptions {
   /** Frames of each guest's memory (default 1024) and grant entries (default 2048). */
   readonly frames?: number;
   readonly grantEntries?: number;
+  /** Raw guests (no netfront: the test writes their rings), domids guests+1..guests+rawGuests. Default 0. */
+  readonly rawGuests?: number;
+}
+
+/** A guest without netfront: its rings are written by hand (a buggy or hostile frontend). */
+export class RawGuest {
+  constructor(
+    readonly domid: number,
+    readonly memory: GuestMemory,
+    readonly gnttab: GrantTable,
+    readonly tx: FrontRing,
+    readonly rx: FrontRing,
+    readonly port: EventPort,
+    readonly vif: Xenvif,
+    /** Grant-return notices the backend posted. */
+    readonly returns: GrantReturnMessage[],
+  ) {}
 }
 
 function mapRing(dom0: Dom0Backend, domid: number, ref: number, entryBytes: number): BackRing {
@@ -57,16 +74,74 @@ export class OneThreadRig {
   readonly dom0: Dom0Backend;
   readonly evtchn: EvtchnHost;
   readonly guests: RigGuest[] = [];
+  readonly raw: RawGuest[] = [];
   private readonly clock: Clock;
 
   constructor(opts: RigOptions) {
     this.clock = opts.clock;
     const dom0 = new Dom0Backend(opts.config, opts.clock);
     this.dom0 = dom0;
-    this.evtchn = EvtchnHost.create({ maxDomains: opts.guests + 1, nrPorts: 64 });
+    const raw = opts.rawGuests ?? 0;
+    this.evtchn = EvtchnHost.create({ maxDomains: opts.guests + raw + 1, nrPorts: 64 });
     const ev0 = this.evtchn.domain(dom0.config.domid);
     dom0.dispatchEvents = () => ev0.dispatch();
     for (let domid = 1; domid <= opts.guests; domid++) this.guests.push(this.connectGuest(domid, opts));
+    for (let domid = opts.guests + 1; domid <= opts.guests + raw; domid++) this.raw.push(this.connectRaw(domid));
+  }
+
+  // The backend half of a connect, shared by both kinds of guest: event channel, vif, data path.
+  private connectVif(domid: number, txRing: BackRing, rxRing: BackRing, remotePort: number, onNotice: (m: GrantReturnMessage) => void): Xenvif {
+    const dom0 = this.dom0;
+    const ev0 = this.evtchn.domain(dom0.config.domid);
+    const bound = ev0.bindInterdomain(domid, remotePort);
+    if (!bound.ok) throw new Error(`rig: ${bound.error}`);
+    const vif = new Xenvif({ domid, handle: 0, ctx: dom0.ctx, mapper: dom0.mapper, clock: this.clock, events: dom0.events, mtu: dom0.config.mtu });
+    ev0.bind(bound.value, () => vif.interrupt());
+    const port = ev0.port(bound.value);
+    vif.attach(dom0.stack);
+    vif.connect({
+      txRing,
+      rxRing,
+      txPort: port,
+      rxPort: port,
+      features: { canSg: true, gsoMask: 1 << XEN_NETIF_GSO_TYPE_TCPV4, ipCsum: true, rxNotify: true },
+      grantReturnPort: { postMessage: (m) => onNotice(m) },
+    });
+    dom0.vifs.push({ domid, vif, close: async () => {} });
+    return vif;
+  }
+
+  private connectRaw(domid: number): RawGuest {
+    const dom0 = this.dom0;
+    const memory = GuestMemory.create(64);
+    const gnttab = new GrantTable({ domid, nrEntries: 64, clock: this.clock });
+    sharedRingInit(memory.sab, 0);
+    sharedRingInit(memory.sab, XEN_PAGE_SIZE);
+    const txRef = gnttab.grantForeignAccess(dom0.config.domid, 0, false);
+    const rxRef = gnttab.grantForeignAccess(dom0.config.domid, 1, false);
+    dom0.mapper.addDomain(domid, gnttab.entries.sab, memory.sab);
+    const ev = this.evtchn.domain(domid);
+    const evt = ev.allocUnbound(dom0.config.domid);
+    if (!evt.ok) throw new Error(`rig: ${evt.error}`);
+    const notices: GrantReturnMessage[] = [];
+    const vif = this.connectVif(
+      domid,
+      mapRing(dom0, domid, txRef, XEN_NETIF_TX_SLOT_SIZE),
+      mapRing(dom0, domid, rxRef, XEN_NETIF_RX_SLOT_SIZE),
+      evt.value,
+      (m) => void notices.push(m),
+    );
+    const g = new RawGuest(
+      domid,
+      memory,
+      gnttab,
+      new FrontRing(memory.sab, 0, XEN_NETIF_TX_SLOT_SIZE),
+      new FrontRing(memory.sab, XEN_PAGE_SIZE, XEN_NETIF_RX_SLOT_SIZE),
+      ev.port(evt.value),
+      vif,
+      notices,
+    );
+    return g;
   }
 
   private connectGuest(domid: number, opts: RigOptions): RigGuest {
@@ -96,23 +171,9 @@ export class OneThreadRig {
     // What netback's connect does: map both rings writable (shared pages, never copied, in either mode).
     const txRing = mapRing(dom0, domid, rings.value.txRingRef, XEN_NETIF_TX_SLOT_SIZE);
     const rxRing = mapRing(dom0, domid, rings.value.rxRingRef, XEN_NETIF_RX_SLOT_SIZE);
-    const ev0 = this.evtchn.domain(dom0.config.domid);
-    const bound = ev0.bindInterdomain(domid, rings.value.eventChannel);
-    if (!bound.ok) throw new Error(`rig: ${bound.error}`);
-    const vif = new Xenvif({ domid, handle: 0, ctx: dom0.ctx, mapper: dom0.mapper, clock, events: dom0.events, mtu: dom0.config.mtu });
-    ev0.bind(bound.value, () => vif.interrupt());
-    const port = ev0.port(bound.value);
-    const guest = new RigGuest(domid, memory, gnttab, ev, nf, new NetfrontDriver(nf, ev, source), vif);
-    vif.attach(dom0.stack);
-    vif.connect({
-      txRing,
-      rxRing,
-      txPort: port,
-      rxPort: port,
-      features: { canSg: true, gsoMask: 1 << XEN_NETIF_GSO_TYPE_TCPV4, ipCsum: true, rxNotify: true },
-      grantReturnPort: { postMessage: (m) => void guest.returns.push(m) },
-    });
-    dom0.vifs.push({ domid, vif, close: async () => {} });
+    let guest: RigGuest | null = null;
+    const vif = this.connectVif(domid, txRing, rxRing, rings.value.eventChannel, (m) => void guest!.returns.push(m));
+    guest = new RigGuest(domid, memory, gnttab, ev, nf, new NetfrontDriver(nf, ev, source), vif);
     nf.connect({ sg: true, gsoTcpv4: true, rxCopy: true, multiQueueMaxQueues: 1, splitEventChannels: false });
     source.connected?.(true);
     return guest;
