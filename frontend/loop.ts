@@ -199,6 +199,8 @@ export interface GuestConfig {
   readonly returnDeadlineMs: number;
   /** Spin iterations before sleeping on the event channel (small when many guests share a thread). */
   readonly spin: number;
+  /** How often the guest publishes its counters, ms. */
+  readonly publishEveryMs: number;
 }
 
 /** One piscina task: everything a guest needs (ports travel in the transferList). */
@@ -412,7 +414,8 @@ export interface GuestSource extends TxSource {
 
 /**
  * The bench's traffic: the same frame of `size` bytes over and over to the remote host. Up to the MTU a UDP
- * datagram; bigger, a TCP segment with a GSO extra (MSS = mtu - 40), up to XEN_NETIF_MAX_TX_SIZE.
+ * datagram; bigger, a TCP segment with a GSO extra (MSS = mtu - 40), up to XEN_NETIF_MAX_TX_SIZE. Checksums are
+ * left to the backend (csum_blank) either way.
  */
 export class FixedSource implements GuestSource {
   readonly maxFrameLen: number;
@@ -425,7 +428,8 @@ export class FixedSource implements GuestSource {
     }
     const flow = { srcMac: self.mac, dstMac: remote.mac, saddr: self.ip, daddr: remote.ip, sport: 40000 + (stream & 0xfff), dport: remote.port ?? 9 };
     if (size <= ETH_HLEN + mtu) {
-      this.frame.setUdp(flow, stream, 0, size - ETH_HLEN - IPV4_HLEN - UDP_HLEN, false);
+      // Checksum offloaded (NETTXF_csum_blank), as a Linux guest sends: the guest does not sum the payload.
+      this.frame.setUdp(flow, stream, 0, size - ETH_HLEN - IPV4_HLEN - UDP_HLEN, true);
     } else {
       this.frame.setTcp(flow, 1, 0, TCPHDR_ACK, 0xffff, stream, 0, size - ETH_HLEN - IPV4_HLEN - TCP_HLEN, mtu - IPV4_HLEN - TCP_HLEN);
     }
@@ -633,7 +637,7 @@ export async function runGuestTask(task: GuestTask): Promise<GuestReport> {
       throw new Error(`vif did not connect within ${GUEST_CONNECT_TIMEOUT_MS} ms${fx.value.lastError === null ? '' : `: ${fx.value.lastError}`}`);
     }
     block.setState(GUEST_CONNECTED);
-    loop = new GuestLoop(driver, block, dom, clock);
+    loop = new GuestLoop(driver, block, dom, clock, { publishEveryMs: cfg.publishEveryMs });
     await loop.run();
     const drained = await loop.drainUntil(clock.now() + cfg.returnDeadlineMs);
     outstanding = nf.grantsOutstanding;

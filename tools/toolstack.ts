@@ -116,6 +116,8 @@ export interface ToolstackOptions {
   readonly remoteRttMs?: number;
   /** Verify what leaves the uplink (TCP peer, UDP payloads); false discards it (the bench). Default true. */
   readonly uplinkVerify?: boolean;
+  /** How often guests publish their counters, ms (default 50; the bench samples faster). */
+  readonly publishEveryMs?: number;
 }
 
 /** p50 and p99 in microseconds (NaN when there were no samples). */
@@ -203,6 +205,7 @@ export interface GuestBuildOptions {
   readonly grantEntries: number;
   readonly returnDeadlineMs: number;
   readonly spin: number;
+  readonly publishEveryMs: number;
 }
 
 /** A guest's config: its addresses, everyone else's, and its share of the seed. */
@@ -224,6 +227,7 @@ export function guestConfig(domid: number, o: GuestBuildOptions): GuestConfig {
     grantEntries: o.grantEntries,
     returnDeadlineMs: o.returnDeadlineMs,
     spin: o.spin,
+    publishEveryMs: o.publishEveryMs,
   };
 }
 
@@ -396,6 +400,12 @@ export class Toolstack {
   private backendExit: Promise<void>;
   private tasks: Promise<GuestReport | null>[] = [];
   private closed = false;
+  private trafficStart: GuestSample[] | null = null;
+  private t0 = 0;
+  private trafficSeconds = 0;
+  private packets = 0;
+  private bytes = 0;
+  private drainReport: DrainReport | null = null;
 
   private constructor(
     readonly opts: ToolstackOptions,
@@ -434,6 +444,7 @@ export class Toolstack {
       returnDeadlineMs: opts.returnDeadlineMs ?? 5000,
       // Guests sharing a thread must not spin for long before sleeping.
       spin: Math.ceil(opts.guests / threads) > 1 ? 100 : 2000,
+      publishEveryMs: opts.publishEveryMs ?? 50,
     };
     const domains: GuestDomain[] = [];
     for (let d = 1; d <= opts.guests; d++) domains.push(await buildGuestDomain(store, dom0, d, build));
@@ -537,24 +548,43 @@ export class Toolstack {
     return this.domains.map((d, i) => sampleGuest(d.stats, now, prev?.[i] ?? null));
   }
 
+  /** Waits for every guest to connect, then starts the traffic (PHASE_RUN); returns the samples at the start. */
+  async startTraffic(): Promise<GuestSample[]> {
+    await this.waitConnected(this.opts.connectTimeoutMs ?? 20_000);
+    const start = this.sample();
+    this.trafficStart = start;
+    this.t0 = performance.now();
+    for (const d of this.domains) d.stats.setPhase(PHASE_RUN);
+    return start;
+  }
+
+  /** Stops the traffic (PHASE_STOP), counts what was sent since startTraffic, and lets the backend drain. */
+  async stopTraffic(): Promise<void> {
+    for (const d of this.domains) d.stats.setPhase(PHASE_STOP);
+    const t1 = performance.now();
+    const start = this.trafficStart;
+    if (start !== null) {
+      const end = this.sample(start);
+      this.trafficSeconds = (t1 - this.t0) / 1000;
+      for (let i = 0; i < end.length; i++) {
+        this.packets += end[i]!.counters[sTxPackets]! - start[i]!.counters[sTxPackets]!;
+        this.bytes += end[i]!.counters[sTxBytes]! - start[i]!.counters[sTxBytes]!;
+      }
+    }
+    this.drainReport = await this.guard(this.backend.drain(this.opts.drainTimeoutMs ?? 5000));
+    if (!this.drainReport.quiescent) {
+      this.notes.push(`backend drain aborted after ${Math.round(this.drainReport.ms)} ms: ${this.drainReport.aborted.join(', ')}`);
+    }
+  }
+
   /** Connects, runs `seconds` of traffic with a progress callback, shuts down in order and reports. */
   async run(onProgress: (p: SystemProgress) => void = () => {}): Promise<SystemReport> {
-    const o = this.opts;
-    const interval = o.progressIntervalMs ?? 1000;
-    let drain: DrainReport | null = null;
-    let backendReport: BackendReport | null = null;
-    let reports: GuestReport[] = [];
-    let packets = 0;
-    let bytes = 0;
-    let trafficSeconds = 0;
+    const interval = this.opts.progressIntervalMs ?? 1000;
     const domids = this.domains.map((d) => d.domid);
     try {
-      await this.waitConnected(o.connectTimeoutMs ?? 20_000);
-      const start = this.sample();
-      let prev = start;
-      const t0 = performance.now();
-      for (const d of this.domains) d.stats.setPhase(PHASE_RUN);
-      const stopAt = t0 + o.seconds * 1000;
+      let prev = await this.startTraffic();
+      const t0 = this.t0;
+      const stopAt = t0 + this.opts.seconds * 1000;
       let nextProgress = t0 + interval;
       for (;;) {
         const now = performance.now();
@@ -568,20 +598,20 @@ export class Toolstack {
           nextProgress += interval;
         }
       }
-      for (const d of this.domains) d.stats.setPhase(PHASE_STOP);
-      const t1 = performance.now();
-      const end = this.sample(prev);
-      trafficSeconds = (t1 - t0) / 1000;
-      for (let i = 0; i < end.length; i++) {
-        packets += end[i]!.counters[sTxPackets]! - start[i]!.counters[sTxPackets]!;
-        bytes += end[i]!.counters[sTxBytes]! - start[i]!.counters[sTxBytes]!;
-      }
-      drain = await this.guard(this.backend.drain(o.drainTimeoutMs ?? 5000));
-      if (!drain.quiescent) this.notes.push(`backend drain aborted after ${Math.round(drain.ms)} ms: ${drain.aborted.join(', ')}`);
+      await this.stopTraffic();
     } catch (e) {
       this.errors.push(message(e));
     }
-    reports = await this.closeGuests();
+    return this.shutdown();
+  }
+
+  /**
+   * The orderly end: guests close (taking their last grants back, up to their deadline), the backend removes its
+   * vifs and runs the oracle's quiescence check, every worker exits; then the report.
+   */
+  async shutdown(): Promise<SystemReport> {
+    const reports = await this.closeGuests();
+    let backendReport: BackendReport | null = null;
     try {
       if (this.backendDead === null) backendReport = await this.guard(this.backend.finish());
     } catch (e) {
@@ -597,13 +627,13 @@ export class Toolstack {
     }
     return {
       guests: this.domains.length,
-      trafficSeconds,
-      packets,
-      bytes,
+      trafficSeconds: this.trafficSeconds,
+      packets: this.packets,
+      bytes: this.bytes,
       returnLatencyUs: { p50: latencyQuantile(hist, 0.5), p99: latencyQuantile(hist, 0.99) },
       audit: auditOf(reports, backendReport),
       perGuest: reports,
-      drain,
+      drain: this.drainReport,
       backend: backendReport,
       errors: [...this.errors],
       notes: [...this.notes],

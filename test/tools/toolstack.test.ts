@@ -30,6 +30,7 @@ const build: GuestBuildOptions = {
   grantEntries: 128,
   returnDeadlineMs: 1000,
   spin: 10,
+  publishEveryMs: 50,
 };
 
 test('addresses: Xen OUI MACs and 10.0.x.y by domid, distinct from the endpoint and the remote host', (t) => {

@@ -1,7 +1,8 @@
 // The postMessage baselines of the bench: a guest-like producer in this thread keeps `inflight` frames of
 // `size` bytes in flight to a worker. 'transfer' moves each ArrayBuffer there and gets it back (ownership
 // moves, nothing is copied); 'copy' posts the bytes (the structured clone copies them) and reuses its buffer
-// when the worker answers with the frame's id. Both write a frame header before sending, as a guest does.
+// when the worker answers with the frame's id. Both write the whole frame before sending it, as a guest writes
+// its frames into its pages.
 import { MessageChannel, Worker } from 'node:worker_threads';
 import { WindowCounter, rateRange, type RateRange } from './rates.js';
 
@@ -48,12 +49,16 @@ export async function runPostMessage(opts: PostMessageRunOptions): Promise<PostM
   });
   const buffers: Uint8Array[] = [];
   for (let i = 0; i < inflight; i++) buffers.push(new Uint8Array(opts.size));
+  // The frame every send writes (a stand-in for the guest's headers and payload).
+  const frame = new Uint8Array(opts.size);
+  for (let i = 0; i < frame.length; i++) frame[i] = (i * 251) & 0xff;
   let packets = 0;
   let seq = 0;
   let detached = 0;
   const send = (id: number): void => {
     const b = buffers[id]!;
-    // The frame header a guest would write (and a changing byte so nothing can be cached).
+    // Write the frame, with changing bytes so nothing can be cached.
+    b.set(frame);
     b[0] = seq & 0xff;
     b[b.length - 1] = (seq >>> 8) & 0xff;
     seq++;
