@@ -66,6 +66,16 @@ export interface BackendConfig {
   readonly rxDrainTimeoutMs: number;
   /** Put the uplink host on the NIC's wire (TCP peer, UDP payload checks); false discards frames (the bench). */
   readonly uplinkVerify: boolean;
+  /** Fault injection (tests): stall the uplink from boot for this long, and/or never abort holders when draining. */
+  readonly faults?: BackendFaults;
+}
+
+/** Faults the backend can be started with. */
+export interface BackendFaults {
+  /** The uplink completes nothing for this long after boot, ms: every frame sent to it keeps its pages. */
+  readonly nicStallMs?: number;
+  /** drain() waits out its deadline but aborts nothing, so held grants stay held. */
+  readonly noDrainAbort?: boolean;
 }
 
 /** What the backend worker receives as workerData (ports in the transferList). */
@@ -409,6 +419,8 @@ export class CopyingGrantMapper extends GrantMapper {
 
 // ---- The backend domain -----------------------------------------------------------------------------------
 
+/** Distinct messages the backend keeps for its report. */
+export const MAX_NOTES = 20;
 /** How often the remote host's presence is re-announced to the bridge (well inside the 300 s fdb ageing), ms. */
 export const REMOTE_ANNOUNCE_MS = 60_000;
 /** Most vifs' TX requests per action, and RX frames per action (netback's NAPI weight and RX batch). */
@@ -440,7 +452,9 @@ export class Dom0Backend implements SoftirqWork {
   readonly oracle: GrantOracle;
   readonly events: GrantEvents;
   readonly vifs: Dom0Vif[] = [];
+  /** The first MAX_NOTES distinct things worth reporting (vif errors, probe failures); see note(). */
   readonly notes: string[] = [];
+  private notesDropped = 0;
   /** Grant-return ports of the guests the toolstack introduced, by domid. */
   readonly grantPorts = new Map<number, MessagePort>();
   private readonly roots: SkBuff[] = [];
@@ -505,8 +519,17 @@ export class Dom0Backend implements SoftirqWork {
     });
     this.events = oracleGrantEvents(this.oracle);
     this.mapper = config.grantCopy ? new CopyingGrantMapper({ domid: config.domid }) : new GrantMapper({ domid: config.domid });
+    const stall = config.faults?.nicStallMs ?? 0;
+    if (stall > 0) this.stack.nic.stall(clock.now() + stall);
     this.announceFrame = new Uint8Array(ETH_ZLEN);
     writeEthHeader(this.announceFrame, 0, remote.mac, remote.mac, ETH_P_ARP);
+  }
+
+  /** Records something for the report: distinct messages, at most MAX_NOTES of them (the rest are only counted). */
+  note(message: string): void {
+    if (this.notes.includes(message)) return;
+    if (this.notes.length < MAX_NOTES) this.notes.push(message);
+    else this.notesDropped++;
   }
 
   /** The toolstack introduced a guest: its grant table and memory become mappable, and its grant-return port known. */
@@ -636,6 +659,7 @@ export class Dom0Backend implements SoftirqWork {
     const ps = this.peer.stats;
     const us = this.uplink.stats;
     const notes = [...this.notes];
+    if (this.notesDropped > 0) notes.push(`(${this.notesDropped} more messages not kept)`);
     if (us.firstError !== null) notes.push(`uplink: ${us.firstError}`);
     if (this.peer.firstError !== null && ps.corruptSegments > 0) notes.push(`peer: ${this.peer.firstError}`);
     return {
@@ -750,7 +774,7 @@ export class BackendRuntime {
           mtu: dom0.config.mtu,
           rxDrainTimeoutMs: dom0.config.rxDrainTimeoutMs,
           log: (level, m) => {
-            if (level === 'err') dom0.notes.push(m);
+            if (level === 'err') dom0.note(m);
           },
         });
         vif.attach(dom0.stack);
@@ -765,7 +789,7 @@ export class BackendRuntime {
     });
     this.probing.delete(key);
     if (r.ok) this.devices.set(key, r.value);
-    else dom0.notes.push(`probe of vif ${key} failed: ${r.error}`);
+    else dom0.note(`probe of vif ${key} failed: ${r.error}`);
   }
 
   /** The control plane the toolstack calls over comlink. */
@@ -783,6 +807,9 @@ export class BackendRuntime {
     const end = t0 + deadlineMs;
     while (!this.dom0.quiescent() && clock.now() < end && this.loopError === null) await sleepMs(2);
     let aborted: string[] = [];
+    if (!this.dom0.quiescent() && this.dom0.config.faults?.noDrainAbort === true) {
+      return { quiescent: false, ms: clock.now() - t0, aborted: ['nothing (fault: noDrainAbort)'], liveSkbs: this.dom0.liveSkbs() };
+    }
     if (!this.dom0.quiescent()) {
       aborted = this.dom0.abortHolders();
       const grace = clock.now() + DRAIN_ABORT_GRACE_MS;
@@ -804,6 +831,7 @@ export class BackendRuntime {
     }
     for (const [key, dev] of this.devices) {
       const done = await within(dev.remove().then(() => true), VIF_REMOVE_TIMEOUT_MS, false);
+      // One summary per vif, kept whatever the cap on other notes.
       if (!done) dom0.notes.push(`vif ${key}: ${dev.stillMapped().length} grants still mapped after ${VIF_REMOVE_TIMEOUT_MS} ms`);
     }
     await this.loop.stop();

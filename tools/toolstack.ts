@@ -16,7 +16,7 @@ import { MessageChannel, Worker, type MessagePort } from 'node:worker_threads';
 import * as Comlink from 'comlink';
 import nodeEndpoint from 'comlink/dist/esm/node-adapter.mjs';
 import { Piscina } from 'piscina';
-import type { BackendApi, BackendConfig, BackendInit, BackendReport, DrainReport } from '../backend/loop.js';
+import type { BackendApi, BackendConfig, BackendFaults, BackendInit, BackendReport, DrainReport } from '../backend/loop.js';
 import {
   GUEST_CONNECTED,
   GUEST_DONE,
@@ -118,6 +118,8 @@ export interface ToolstackOptions {
   readonly uplinkVerify?: boolean;
   /** How often guests publish their counters, ms (default 50; the bench samples faster). */
   readonly publishEveryMs?: number;
+  /** Fault injection in the backend (tests). */
+  readonly faults?: BackendFaults;
 }
 
 /** p50 and p99 in microseconds (NaN when there were no samples). */
@@ -468,6 +470,7 @@ export class Toolstack {
       nicCompletionDelayMs: opts.nicCompletionDelayMs ?? 0.05,
       rxDrainTimeoutMs: 10_000,
       uplinkVerify: opts.uplinkVerify ?? true,
+      ...(opts.faults !== undefined && { faults: opts.faults }),
     };
     const init: BackendInit = { config, evtchn: evtchn.buffer, xenstore: backendXs.value.ports, control: control.port2 };
     const worker = new Worker(new URL('../backend/worker.js', import.meta.url), {
