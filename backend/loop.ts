@@ -68,6 +68,8 @@ export interface BackendConfig {
   readonly uplinkVerify: boolean;
   /** Fault injection (tests): stall the uplink from boot for this long, and/or never abort holders when draining. */
   readonly faults?: BackendFaults;
+  /** How long finish() waits for each vif's teardown, ms (default VIF_REMOVE_TIMEOUT_MS). */
+  readonly vifRemoveTimeoutMs?: number;
 }
 
 /** Faults the backend can be started with. */
@@ -829,10 +831,11 @@ export class BackendRuntime {
       await this.xs.unwatch(this.watch);
       this.watch = null;
     }
+    const limit = dom0.config.vifRemoveTimeoutMs ?? VIF_REMOVE_TIMEOUT_MS;
     for (const [key, dev] of this.devices) {
-      const done = await within(dev.remove().then(() => true), VIF_REMOVE_TIMEOUT_MS, false);
+      const done = await within(dev.remove().then(() => true), limit, false);
       // One summary per vif, kept whatever the cap on other notes.
-      if (!done) dom0.notes.push(`vif ${key}: ${dev.stillMapped().length} grants still mapped after ${VIF_REMOVE_TIMEOUT_MS} ms`);
+      if (!done) dom0.notes.push(`vif ${key}: ${dev.stillMapped().length} grants still mapped after ${limit} ms`);
     }
     await this.loop.stop();
     await this.loopDone;

@@ -201,6 +201,8 @@ export interface GuestConfig {
   readonly spin: number;
   /** How often the guest publishes its counters, ms. */
   readonly publishEveryMs: number;
+  /** How long each step of the vif's orderly close waits for the backend, ms. */
+  readonly closeTimeoutMs: number;
 }
 
 /** One piscina task: everything a guest needs (ports travel in the transferList). */
@@ -565,7 +567,7 @@ export class NetfrontDriver implements GuestDriver {
 
 /** How long a guest waits for its vif to connect, ms. */
 export const GUEST_CONNECT_TIMEOUT_MS = 20_000;
-/** How long a guest's orderly close waits at each step, ms. */
+/** How long a guest's orderly close waits at each step by default, ms. */
 export const GUEST_CLOSE_TIMEOUT_MS = 2000;
 
 function errorText(e: unknown): string {
@@ -642,7 +644,7 @@ export async function runGuestTask(task: GuestTask): Promise<GuestReport> {
     const drained = await loop.drainUntil(clock.now() + cfg.returnDeadlineMs);
     outstanding = nf.grantsOutstanding;
     if (!drained) notes.push(`${outstanding} grants not returned within ${cfg.returnDeadlineMs} ms`);
-    const closed = await fx.value.close(GUEST_CLOSE_TIMEOUT_MS);
+    const closed = await fx.value.close(cfg.closeTimeoutMs);
     if (!closed.ok) notes.push(`close: ${closed.error}`);
     if (nf.stats.grantsReclaimed > 0) notes.push(`${nf.stats.grantsReclaimed} grants reclaimed at disconnect`);
     if (nf.broken) error = `device broken: ${nf.brokenReason ?? 'unknown'}`;

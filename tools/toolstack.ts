@@ -16,8 +16,9 @@ import { MessageChannel, Worker, type MessagePort } from 'node:worker_threads';
 import * as Comlink from 'comlink';
 import nodeEndpoint from 'comlink/dist/esm/node-adapter.mjs';
 import { Piscina } from 'piscina';
-import type { BackendApi, BackendConfig, BackendFaults, BackendInit, BackendReport, DrainReport } from '../backend/loop.js';
+import { VIF_REMOVE_TIMEOUT_MS, type BackendApi, type BackendConfig, type BackendFaults, type BackendInit, type BackendReport, type DrainReport } from '../backend/loop.js';
 import {
+  GUEST_CLOSE_TIMEOUT_MS,
   GUEST_CONNECTED,
   GUEST_DONE,
   GUEST_FAILED,
@@ -120,6 +121,8 @@ export interface ToolstackOptions {
   readonly publishEveryMs?: number;
   /** Fault injection in the backend (tests). */
   readonly faults?: BackendFaults;
+  /** How long each step of a vif's teardown may wait for the other end, ms (default 2000 guest, 3000 backend). */
+  readonly closeStepTimeoutMs?: number;
 }
 
 /** p50 and p99 in microseconds (NaN when there were no samples). */
@@ -208,6 +211,7 @@ export interface GuestBuildOptions {
   readonly returnDeadlineMs: number;
   readonly spin: number;
   readonly publishEveryMs: number;
+  readonly closeTimeoutMs: number;
 }
 
 /** A guest's config: its addresses, everyone else's, and its share of the seed. */
@@ -230,6 +234,7 @@ export function guestConfig(domid: number, o: GuestBuildOptions): GuestConfig {
     returnDeadlineMs: o.returnDeadlineMs,
     spin: o.spin,
     publishEveryMs: o.publishEveryMs,
+    closeTimeoutMs: o.closeTimeoutMs,
   };
 }
 
@@ -447,6 +452,7 @@ export class Toolstack {
       // Guests sharing a thread must not spin for long before sleeping.
       spin: Math.ceil(opts.guests / threads) > 1 ? 100 : 2000,
       publishEveryMs: opts.publishEveryMs ?? 50,
+      closeTimeoutMs: opts.closeStepTimeoutMs ?? GUEST_CLOSE_TIMEOUT_MS,
     };
     const domains: GuestDomain[] = [];
     for (let d = 1; d <= opts.guests; d++) domains.push(await buildGuestDomain(store, dom0, d, build));
@@ -471,6 +477,7 @@ export class Toolstack {
       rxDrainTimeoutMs: 10_000,
       uplinkVerify: opts.uplinkVerify ?? true,
       ...(opts.faults !== undefined && { faults: opts.faults }),
+      vifRemoveTimeoutMs: opts.closeStepTimeoutMs ?? VIF_REMOVE_TIMEOUT_MS,
     };
     const init: BackendInit = { config, evtchn: evtchn.buffer, xenstore: backendXs.value.ports, control: control.port2 };
     const worker = new Worker(new URL('../backend/worker.js', import.meta.url), {

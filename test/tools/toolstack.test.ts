@@ -31,6 +31,7 @@ const build: GuestBuildOptions = {
   returnDeadlineMs: 1000,
   spin: 10,
   publishEveryMs: 50,
+  closeTimeoutMs: 2000,
 };
 
 test('addresses: Xen OUI MACs and 10.0.x.y by domid, distinct from the endpoint and the remote host', (t) => {
