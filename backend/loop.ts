@@ -10,10 +10,8 @@ import type { MessagePort } from 'node:worker_threads';
 import { RealClock, type Clock } from '../shared/clock.js';
 import { ETH_HLEN, ETH_P_ARP, ETH_P_IP, ETH_ZLEN, parseEthHeader, writeEthHeader } from '../shared/ether.js';
 import type { EvtchnDomain, WaitResult } from '../shared/evtchn.js';
-import { DOMID_SELF, GNTCOPY_source_gref, GNTMAP_readonly, GNTST_bad_handle, GNTST_okay, INVALID_GRANT_HANDLE } from '../shared/gnttab.js';
-import { GrantMapper, type GrantCopyOp, type GrantMapOp } from '../shared/gnttab-mapper.js';
+import { GrantMapper } from '../shared/gnttab-mapper.js';
 import { IPPROTO_TCP, IPPROTO_UDP, UDP_HLEN, parseIpv4Header } from '../shared/inet.js';
-import { XEN_PAGE_SIZE } from '../shared/memory.js';
 import { checkTaggedPayload } from '../shared/payload.js';
 import { Random } from '../shared/random.js';
 import type { XsClient, XsWatchHandle, XsWorkerPorts } from '../shared/xenstore-protocol.js';
@@ -52,7 +50,7 @@ export interface BackendConfig {
   readonly pcapPath: string | null;
   /** The release design (backend/release.ts designByName). */
   readonly design: string;
-  /** Netback grant-copies TX payloads instead of mapping them (the bench's comparison). */
+  /** Netback grant-copies TX payloads instead of mapping them (xenvif txGrantCopy: the bench's comparison). */
   readonly grantCopy: boolean;
   /** The local TCP endpoint on the bridge. */
   readonly endpoint: HostAddress & { readonly port: number };
@@ -335,90 +333,6 @@ export class SoftirqLoop {
   }
 }
 
-// ---- Grant copy instead of mapping (the bench's comparison) -------------------------------------------------
-
-// Copy handles sit in generation 0xfff of the mapper's handle layout (gen << 20 | index), which the few real maps
-// of a copying mapper (ring pages, once per connect) never reach, so the two kinds never collide.
-const COPY_HANDLE_BASE = 0xfff00000;
-
-/**
- * A grant mapper whose read-only "map" (netback's TX payload maps) is a grant copy of the whole page into a private
- * local page (GNTTABOP_copy with GNTCOPY_source_gref), and whose unmap of it frees that page: netback's map path
- * then carries copies, so the bench measures the same pipeline paying one copy per payload byte, as a copying
- * netback does. Writable maps (the shared rings) are real maps. Departure: Linux's copying netback answers each
- * slot at once; here the slot is still answered when the stack frees the page.
- */
-export class CopyingGrantMapper extends GrantMapper {
-  // Handles of real (writable) maps; the others are COPY_HANDLE_BASE + the index of a private page.
-  private readonly realHandles = new Set<number>();
-  private readonly pages: Uint8Array[] = [];
-  private readonly free: number[] = [];
-  // 1 while pages[i] stands in for a mapping (so a double unmap is refused without a search).
-  private inUse = new Uint8Array(64);
-  private readonly op: GrantCopyOp = {
-    source: { ref: 0, domid: 0, offset: 0, buf: null },
-    dest: { ref: 0, domid: DOMID_SELF, offset: 0, buf: null },
-    len: XEN_PAGE_SIZE,
-    flags: GNTCOPY_source_gref,
-    status: GNTST_okay,
-  };
-  private readonly ops: GrantCopyOp[] = [this.op];
-  private live = 0;
-
-  /** Copies the granted page for a read-only map (op.bytes is the private copy, op.handle its index); maps otherwise. */
-  override mapOp(op: GrantMapOp): number {
-    if ((op.flags & GNTMAP_readonly) === 0) {
-      const st = super.mapOp(op);
-      if (st === GNTST_okay) this.realHandles.add(op.handle);
-      return st;
-    }
-    op.handle = INVALID_GRANT_HANDLE;
-    op.bytes = null;
-    let idx = this.free.pop();
-    if (idx === undefined) {
-      idx = this.pages.length;
-      this.pages.push(new Uint8Array(XEN_PAGE_SIZE));
-      if (idx >= this.inUse.length) {
-        const grown = new Uint8Array(this.inUse.length * 2);
-        grown.set(this.inUse);
-        this.inUse = grown;
-      }
-    }
-    const page = this.pages[idx]!;
-    const c = this.op;
-    c.source.ref = op.ref;
-    c.source.domid = op.dom;
-    c.dest.buf = page;
-    const st = this.copy(this.ops);
-    op.status = st;
-    if (st !== GNTST_okay) {
-      this.free.push(idx);
-      return st;
-    }
-    op.handle = COPY_HANDLE_BASE + idx;
-    op.bytes = page;
-    this.inUse[idx] = 1;
-    this.live++;
-    return st;
-  }
-
-  /** Frees the private page behind `handle` (or unmaps a real map). */
-  override unmap(handle: number): number {
-    if (this.realHandles.delete(handle)) return super.unmap(handle);
-    const idx = handle - COPY_HANDLE_BASE;
-    if (!Number.isInteger(idx) || idx < 0 || idx >= this.pages.length || this.inUse[idx] === 0) return GNTST_bad_handle;
-    this.inUse[idx] = 0;
-    this.free.push(idx);
-    this.live--;
-    return GNTST_okay;
-  }
-
-  /** Private pages currently standing in for mappings. */
-  get liveCopies(): number {
-    return this.live;
-  }
-}
-
 // ---- The backend domain -----------------------------------------------------------------------------------
 
 /** Distinct messages the backend keeps for its report. */
@@ -520,7 +434,7 @@ export class Dom0Backend implements SoftirqWork {
       return roots;
     });
     this.events = oracleGrantEvents(this.oracle);
-    this.mapper = config.grantCopy ? new CopyingGrantMapper({ domid: config.domid }) : new GrantMapper({ domid: config.domid });
+    this.mapper = new GrantMapper({ domid: config.domid });
     const stall = config.faults?.nicStallMs ?? 0;
     if (stall > 0) this.stack.nic.stall(clock.now() + stall);
     this.announceFrame = new Uint8Array(ETH_ZLEN);
@@ -643,7 +557,7 @@ export class Dom0Backend implements SoftirqWork {
     }
     return {
       vifs: this.vifs.length,
-      mapped: this.mapper.stats().liveHandles + (this.mapper instanceof CopyingGrantMapper ? this.mapper.liveCopies : 0),
+      mapped: this.mapper.stats().liveHandles,
       txPackets: tx,
       rxPackets: rx,
       wireFrames: this.stack.nic.stats.wireFrames,
@@ -775,6 +689,7 @@ export class BackendRuntime {
           events: dom0.events,
           mtu: dom0.config.mtu,
           rxDrainTimeoutMs: dom0.config.rxDrainTimeoutMs,
+          txGrantCopy: dom0.config.grantCopy,
           log: (level, m) => {
             if (level === 'err') dom0.note(m);
           },

@@ -1,7 +1,6 @@
 import test from 'ava';
 import { fc, testProp } from '@fast-check/ava';
 import {
-  CopyingGrantMapper,
   Dom0Backend,
   SoftirqLoop,
   UplinkHost,
@@ -14,9 +13,7 @@ import { SkbContext, allocSkb, kfreeSkb, skbPut, type SkBuff } from '../../backe
 import { VirtualClock } from '../../shared/clock.js';
 import { ETH_HLEN, ETH_P_ARP, ETH_P_IP, writeEthHeader } from '../../shared/ether.js';
 import type { WaitResult } from '../../shared/evtchn.js';
-import { GNTMAP_host_map, GNTMAP_readonly, GNTST_bad_gntref, GNTST_bad_handle, GNTST_general_error, GNTST_okay, GrantTable } from '../../shared/gnttab.js';
 import { IPPROTO_TCP, IPPROTO_UDP, IPV4_HLEN, UDP_HLEN, ipv4, writeIpv4Header, writeUdpHeader } from '../../shared/inet.js';
-import { GuestMemory } from '../../shared/memory.js';
 import { writeTaggedPayload } from '../../shared/payload.js';
 
 const REMOTE = { mac: 0x02_00_00_00_00_01, ip: ipv4(192, 0, 2, 1), port: 5001 };
@@ -152,53 +149,6 @@ test('softirq loop: an exception in the work rejects the loop', async (t) => {
     nextDeadline: () => Infinity,
   };
   await t.throwsAsync(new SoftirqLoop(work, new VirtualWaiter(clock, () => 'timed-out'), clock).start(), { message: 'bug' });
-});
-
-function guestWithGrant(): { memory: GuestMemory; gt: GrantTable; ref: number } {
-  const memory = GuestMemory.create(4);
-  const gt = new GrantTable({ domid: 1, nrEntries: 16, clock: new VirtualClock() });
-  memory.frame(2).fill(0x33);
-  memory.frame(2)[100] = 0x44;
-  const ref = gt.grantForeignAccess(0, 2, true);
-  return { memory, gt, ref };
-}
-
-test('copying mapper: a "map" is a private copy of the page; the grant is never pinned; unmap frees the copy', (t) => {
-  const { memory, gt, ref } = guestWithGrant();
-  const m = new CopyingGrantMapper({ domid: 0 });
-  m.addDomain(1, gt.entries.sab, memory.sab);
-  const r = m.map({ dom: 1, ref, flags: GNTMAP_host_map | GNTMAP_readonly });
-  t.is(r.status, GNTST_okay);
-  t.not(r.bytes!.buffer, memory.sab as unknown as ArrayBuffer);
-  t.is(r.bytes![100], 0x44);
-  t.is(r.bytes![0], 0x33);
-  // The guest may end access while the backend still "maps" it: nothing is pinned by a copy.
-  t.false(gt.queryForeignAccess(ref));
-  memory.frame(2).fill(0xdb);
-  t.is(r.bytes![100], 0x44, 'the copy does not see the guest poisoning its page');
-  t.is(m.liveCopies, 1);
-  t.is(m.unmap(r.handle), GNTST_okay);
-  t.is(m.liveCopies, 0);
-  t.is(m.unmap(r.handle), GNTST_bad_handle, 'a freed copy cannot be unmapped twice');
-  // Failed copies answer the copy's status (an entry never granted, a ref past the table) and keep nothing.
-  t.is(m.map({ dom: 1, ref: 15, flags: GNTMAP_host_map | GNTMAP_readonly }).status, GNTST_general_error);
-  t.is(m.map({ dom: 1, ref: 16, flags: GNTMAP_host_map | GNTMAP_readonly }).status, GNTST_bad_gntref);
-  t.is(m.liveCopies, 0);
-});
-
-test('copying mapper: writable maps (the shared rings) are real maps into guest memory, pinned until unmapped', (t) => {
-  const { memory, gt } = guestWithGrant();
-  const ring = gt.grantForeignAccess(0, 3, false);
-  const m = new CopyingGrantMapper({ domid: 0 });
-  m.addDomain(1, gt.entries.sab, memory.sab);
-  const r = m.map({ dom: 1, ref: ring, flags: GNTMAP_host_map });
-  t.is(r.status, GNTST_okay);
-  t.is(r.bytes!.buffer, memory.sab as unknown as ArrayBuffer);
-  t.true(gt.queryForeignAccess(ring), 'a real map pins the grant');
-  t.is(m.liveCopies, 0);
-  t.is(m.unmap(r.handle), GNTST_okay);
-  t.false(gt.queryForeignAccess(ring));
-  t.is(m.unmap(r.handle), GNTST_bad_handle);
 });
 
 function config(over: Partial<BackendConfig> = {}): BackendConfig {

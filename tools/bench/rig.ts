@@ -95,7 +95,16 @@ export class OneThreadRig {
     const ev0 = this.evtchn.domain(dom0.config.domid);
     const bound = ev0.bindInterdomain(domid, remotePort);
     if (!bound.ok) throw new Error(`rig: ${bound.error}`);
-    const vif = new Xenvif({ domid, handle: 0, ctx: dom0.ctx, mapper: dom0.mapper, clock: this.clock, events: dom0.events, mtu: dom0.config.mtu });
+    const vif = new Xenvif({
+      domid,
+      handle: 0,
+      ctx: dom0.ctx,
+      mapper: dom0.mapper,
+      clock: this.clock,
+      events: dom0.events,
+      mtu: dom0.config.mtu,
+      txGrantCopy: dom0.config.grantCopy,
+    });
     ev0.bind(bound.value, () => vif.interrupt());
     const port = ev0.port(bound.value);
     vif.attach(dom0.stack);
@@ -168,7 +177,7 @@ export class OneThreadRig {
     const rings = nf.setupRings();
     if (!rings.ok) throw new Error(`rig: ${rings.error}`);
     dom0.mapper.addDomain(domid, gnttab.entries.sab, memory.sab);
-    // What netback's connect does: map both rings writable (shared pages, never copied, in either mode).
+    // What netback's connect does: map both rings.
     const txRing = mapRing(dom0, domid, rings.value.txRingRef, XEN_NETIF_TX_SLOT_SIZE);
     const rxRing = mapRing(dom0, domid, rings.value.rxRingRef, XEN_NETIF_RX_SLOT_SIZE);
     let guest: RigGuest | null = null;
