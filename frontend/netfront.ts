@@ -65,6 +65,9 @@ import { FrameVerifier, RX_BAD_CHECKSUM, RX_BAD_FRAME, RX_CORRUPT_PAYLOAD, RX_UN
 
 /** Byte a page is filled with once its grant came back: any later read of it shows as a corrupt payload. */
 export const NETFRONT_POISON = 0xdb;
+
+// fill() on a SharedArrayBuffer view is ~17x slower than set() from a plain buffer (1258 vs 74 ns per page here).
+const POISON_PAGE = new Uint8Array(XEN_PAGE_SIZE).fill(NETFRONT_POISON);
 /** Most pages one skb may span before netfront linearizes it (xen-netfront.c MAX_XEN_SKB_FRAGS). */
 export const MAX_XEN_SKB_FRAGS = 65536 / XEN_PAGE_SIZE + 1;
 /** An RX packet whose first slot is this short may use one slot more (xen-netfront.c RX_COPY_THRESHOLD). */
@@ -508,7 +511,7 @@ export class Netfront {
     // Grant the RX buffers once; afterwards they circulate between the ring and the idle list.
     while (this.rxHeld < this.rxBufferCount && this.poolTop > 0 && this.gnttab.freeCount > 0) {
       const frame = this.pool[--this.poolTop]!;
-      if (this.poisonRx) this.memory.frame(frame).fill(NETFRONT_POISON);
+      if (this.poisonRx) this.memory.frame(frame).set(POISON_PAGE);
       const ref = this.grantPage(frame, false, REF_RX_IDLE_GRANTED);
       this.rxIdle[this.rxIdleTop++] = ref;
       this.rxHeld++;
@@ -613,7 +616,7 @@ export class Netfront {
   // The page goes back to the pool now (access has ended); the ref waits for the late return or the timeout.
   private quarantineRef(ref: number): void {
     const frame = this.refFrame[ref]!;
-    this.memory.frame(frame).fill(NETFRONT_POISON);
+    this.memory.frame(frame).set(POISON_PAGE);
     this.pool[this.poolTop++] = frame;
     this.refFrame[ref] = -1;
     if (this.refAnswered[ref] !== 0) {
@@ -1115,7 +1118,7 @@ export class Netfront {
       const ref = this.rxIdle[--this.rxIdleTop]!;
       if (this.refState[ref] === REF_RX_IDLE_CLAIMED) {
         const frame = this.refFrame[ref]!;
-        if (this.poisonRx) this.memory.frame(frame).fill(NETFRONT_POISON);
+        if (this.poisonRx) this.memory.frame(frame).set(POISON_PAGE);
         this.gnttab.grantForeignAccessRef(ref, this.backend, frame, false);
       }
       const idx = rx.reqProdPvt & (NET_RX_RING_SIZE - 1);
@@ -1167,7 +1170,7 @@ export class Netfront {
       this.answeredOutstanding--;
     }
     const frame = this.refFrame[ref]!;
-    if (poison) this.memory.frame(frame).fill(NETFRONT_POISON);
+    if (poison) this.memory.frame(frame).set(POISON_PAGE);
     this.refState[ref] = REF_NONE;
     this.refFrame[ref] = -1;
     this.pool[this.poolTop++] = frame;

@@ -47,24 +47,25 @@ export const PATTERN_PERIOD = 0x10000;
 export class PatternCache {
   private readonly tables = new Map<number, Uint8Array>();
 
-  /** Keeps at most `capacity` streams' tables (128 KiB each). */
-  constructor(readonly capacity = 8) {
+  /** Keeps at most `capacity` tables (128 KiB each; at most 256 distinct ones exist, one per stream key). */
+  constructor(readonly capacity = 32) {
     if (!Number.isInteger(capacity) || capacity < 1) throw new RangeError(`capacity must be a positive integer but got ${capacity}`);
   }
 
   private table(stream: number): Uint8Array {
-    const s = stream >>> 0;
-    let t = this.tables.get(s);
+    // patternByte depends on the stream only through imul(stream, 101) & 0xff: streams sharing that key share a table.
+    const key = Math.imul(stream >>> 0, 101) & 0xff;
+    let t = this.tables.get(key);
     if (t !== undefined) {
       // Re-insert to mark it most recently used (Map keeps insertion order).
-      this.tables.delete(s);
-      this.tables.set(s, t);
+      this.tables.delete(key);
+      this.tables.set(key, t);
       return t;
     }
     if (this.tables.size >= this.capacity) this.tables.delete(this.tables.keys().next().value!);
     t = new Uint8Array(2 * PATTERN_PERIOD);
-    for (let i = 0; i < t.length; i++) t[i] = patternByte(s, i);
-    this.tables.set(s, t);
+    for (let i = 0; i < t.length; i++) t[i] = patternByte(stream >>> 0, i);
+    this.tables.set(key, t);
     return t;
   }
 

@@ -75,6 +75,22 @@ testProp(
   { numRuns: 60 },
 );
 
+testProp(
+  'one PatternCache shared by many streams (tables keyed by stream key, with eviction) still writes fillPattern bytes',
+  [fc.array(fc.tuple(fc.nat(), fc.nat(), fc.integer({ min: 1, max: 3000 })), { minLength: 1, maxLength: 80 })],
+  (t, fills) => {
+    const cache = new PatternCache(3);
+    for (const [stream, pos, len] of fills) {
+      const a = new Uint8Array(len);
+      const b = new Uint8Array(len);
+      cache.fill(a, 0, len, stream, pos);
+      fillPattern(b, 0, len, stream, pos);
+      t.deepEqual(a, b);
+    }
+  },
+  { numRuns: 40 },
+);
+
 // ---------------------------------------------------------------------------------------------------------
 // Frames
 
