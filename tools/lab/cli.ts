@@ -1,0 +1,224 @@
+// `npm run lab -- [--designs a,b] [--workloads x,y] [--seconds N] [--seed S] [--json] [--out FILE] [--md]`: argument
+// parsing, progress on stderr, the table and the claims on stdout, the JSON file (and the markdown report); with
+// --json the last stdout line is the JSON object. Exit status: 0 when every design meant to be sound is clean.
+import { mkdirSync, writeFileSync } from 'node:fs';
+import { cpus } from 'node:os';
+import { dirname } from 'node:path';
+import { err, ok, type Result } from '../../shared/result.js';
+import { labDesigns, type LabDesign } from './designs.js';
+import { formatMarkdown, formatText, toJson, type LabMeta } from './report.js';
+import { runLab, soundFailures, type LabProgress, type LabReport } from './runner.js';
+import { WORKLOADS, type Workload } from './workloads.js';
+
+/** Exit codes: every sound design clean; a sound design violated; bad command line. */
+export const EXIT_OK = 0;
+export const EXIT_UNSOUND = 1;
+export const EXIT_USAGE = 2;
+
+/** Default virtual seconds per workload: the whole default lab takes a minute or two on a 2-core machine. */
+export const DEFAULT_SECONDS = 0.5;
+/** Longest run accepted, virtual seconds. */
+export const MAX_SECONDS = 600;
+/** Where the JSON goes by default (the markdown report goes next to it, .md). */
+export const DEFAULT_OUT = 'lab-results/latest.json';
+
+/** Parsed command line. */
+export interface LabArgs {
+  readonly designs: readonly LabDesign[];
+  readonly workloads: readonly Workload[];
+  readonly seconds: number;
+  readonly seed: number;
+  readonly json: boolean;
+  readonly out: string;
+  readonly md: boolean;
+  readonly help: boolean;
+}
+
+/** The --help text. */
+export function usage(designs: readonly LabDesign[] = labDesigns()): string {
+  return [
+    'usage: npm run lab -- [--designs a,b] [--workloads x,y] [--seconds N] [--seed S] [--json] [--out FILE] [--md]',
+    '',
+    'Runs every release design against the same workloads and operation sequences, in one thread with virtual time,',
+    'and prints one table: safety (the grant oracle), promptness of grant returns, copies, cost and speed, then the',
+    '2006-2008 debate\'s claims with the figures measured here and a verdict.',
+    '',
+    `  --designs a,b     designs to run (default all): ${designs.map((d) => d.name).join(', ')}`,
+    `  --workloads x,y   workloads to run (default all): ${WORKLOADS.map((w) => w.name).join(', ')}`,
+    `  --seconds N       virtual seconds per workload, 0 < N <= ${MAX_SECONDS} (default ${DEFAULT_SECONDS})`,
+    '  --seed S          seed, an integer in [0, 4294967295] (default 1); everything but speed is reproduced by it',
+    '  --json            make the last stdout line the JSON object',
+    `  --out FILE        where to write the JSON (default ${DEFAULT_OUT})`,
+    '  --md              also write a markdown report next to it (FILE with .md)',
+    '  --help            this text',
+    '',
+    'Exit status: 0 every design meant to be sound is clean, 1 one is not, 2 usage error.',
+  ].join('\n');
+}
+
+/** Splits a comma-separated list, refusing empty items and duplicates. */
+function parseList<T>(flag: string, v: string, known: readonly T[], name: (t: T) => string): Result<T[]> {
+  const items = v.split(',');
+  const out: T[] = [];
+  for (const item of items) {
+    if (item === '') return err(`${flag} has an empty item in "${v}"`);
+    const t = known.find((k) => name(k) === item);
+    if (t === undefined) return err(`${flag}: unknown "${item}"; expected some of ${known.map(name).join(', ')}`);
+    if (out.includes(t)) return err(`${flag} names "${item}" twice`);
+    out.push(t);
+  }
+  return ok(out);
+}
+
+/** Parses argv (without node and script) against the designs that exist; errors are exact messages. */
+export function parseArgs(argv: readonly string[], allDesigns: readonly LabDesign[] = labDesigns()): Result<LabArgs> {
+  let designs: readonly LabDesign[] = allDesigns;
+  let workloads: readonly Workload[] = WORKLOADS;
+  let seconds = DEFAULT_SECONDS;
+  let seed = 1;
+  let json = false;
+  let out = DEFAULT_OUT;
+  let md = false;
+  let help = false;
+  for (let i = 0; i < argv.length; i++) {
+    const arg = argv[i]!;
+    const eq = arg.startsWith('--') ? arg.indexOf('=') : -1;
+    const name = eq >= 0 ? arg.slice(0, eq) : arg;
+    const takeValue = (): string | null => {
+      if (eq >= 0) return arg.slice(eq + 1);
+      const v = argv[i + 1];
+      if (v === undefined || v.startsWith('--')) return null;
+      i++;
+      return v;
+    };
+    const flagOnly = (): Result<true> => (eq >= 0 ? err(`${name} takes no value`) : ok(true));
+    switch (name) {
+      case '--designs': {
+        const v = takeValue();
+        if (v === null) return err('--designs needs a value');
+        const r = parseList('--designs', v, allDesigns, (d) => d.name);
+        if (!r.ok) return r;
+        designs = r.value;
+        break;
+      }
+      case '--workloads': {
+        const v = takeValue();
+        if (v === null) return err('--workloads needs a value');
+        const r = parseList('--workloads', v, WORKLOADS, (w) => w.name);
+        if (!r.ok) return r;
+        workloads = r.value;
+        break;
+      }
+      case '--seconds': {
+        const v = takeValue();
+        if (v === null) return err('--seconds needs a value');
+        const n = Number(v);
+        if (!/^[0-9]*\.?[0-9]+$/.test(v) || !(n > 0) || n > MAX_SECONDS) return err(`--seconds must be a number in (0, ${MAX_SECONDS}] but got "${v}"`);
+        seconds = n;
+        break;
+      }
+      case '--seed': {
+        const v = takeValue();
+        if (v === null) return err('--seed needs a value');
+        if (!/^[0-9]+$/.test(v) || Number(v) > 0xffffffff) return err(`--seed must be an integer in [0, 4294967295] but got "${v}"`);
+        seed = Number(v);
+        break;
+      }
+      case '--out': {
+        const v = takeValue();
+        if (v === null || v === '') return err('--out needs a file name');
+        out = v;
+        break;
+      }
+      case '--json': {
+        const f = flagOnly();
+        if (!f.ok) return f;
+        json = true;
+        break;
+      }
+      case '--md': {
+        const f = flagOnly();
+        if (!f.ok) return f;
+        md = true;
+        break;
+      }
+      case '--help':
+      case '-h':
+        help = true;
+        break;
+      default:
+        return err(`unknown option: ${arg}`);
+    }
+  }
+  return ok({ designs, workloads, seconds, seed, json, out, md, help });
+}
+
+/** Where the CLI writes (injected so tests and the entry point differ only here). */
+export interface CliIo {
+  out(line: string): void;
+  err(line: string): void;
+}
+
+/** The markdown report's path for JSON path `out`. */
+export function markdownPath(out: string): string {
+  return out.endsWith('.json') ? `${out.slice(0, -'.json'.length)}.md` : `${out}.md`;
+}
+
+/** This machine and now, for the report's header. */
+export function currentMeta(): LabMeta {
+  const c = cpus();
+  return { date: new Date().toISOString(), machine: `${c[0]?.model.trim() ?? 'unknown CPU'} × ${c.length}`, node: process.versions.node };
+}
+
+function progressLine(p: LabProgress): string {
+  const r = p.result;
+  const safety = r.safe
+    ? 'safe'
+    : `${r.expectedSound ? 'UNSAFE' : 'unsafe (expected)'}: ${r.earlyReturns} early, ${r.doubleReturns} double, ${r.leaks} leaks, ${r.otherFailures} other`;
+  const late = r.lateP99 === null ? `late mean ${r.lateMeanSteps.toFixed(2)} steps` : `late p99 ${r.lateP99} steps`;
+  return `lab: [${p.done}/${p.total}] ${r.design} × ${r.workload}: ${r.packets} packets, ${safety}, ${late}, ${(r.wallMs / 1000).toFixed(2)} s`;
+}
+
+/** What main runs against (tests replace the designs; the entry point uses the defaults). */
+export interface MainOptions {
+  /** The designs that exist (default: every design backend/release.ts knows). */
+  readonly designs?: readonly LabDesign[];
+  /** Warm the JIT up before timing (default true). */
+  readonly warmup?: boolean;
+}
+
+/** Runs the CLI; returns the exit code. */
+export function main(argv: readonly string[], io: CliIo, opts: MainOptions = {}): number {
+  const known = opts.designs ?? labDesigns();
+  const parsed = parseArgs(argv, known);
+  if (!parsed.ok) {
+    io.err(`lab: ${parsed.error}`);
+    io.err('try --help');
+    return EXIT_USAGE;
+  }
+  const args = parsed.value;
+  if (args.help) {
+    io.out(usage(known));
+    return EXIT_OK;
+  }
+  io.err(`lab: ${args.designs.length} designs × ${args.workloads.length} workloads, ${args.seconds} virtual s each, seed ${args.seed}`);
+  const report: LabReport = runLab(
+    { designs: args.designs, workloads: args.workloads, seconds: args.seconds, seed: args.seed, warmup: opts.warmup ?? true },
+    (p) => io.err(progressLine(p)),
+  );
+  const meta = currentMeta();
+  const json = toJson(report, meta);
+  mkdirSync(dirname(args.out), { recursive: true });
+  writeFileSync(args.out, `${JSON.stringify(json, null, 2)}\n`);
+  io.err(`lab: wrote ${args.out}`);
+  if (args.md) {
+    const mdPath = markdownPath(args.out);
+    writeFileSync(mdPath, formatMarkdown(report, meta));
+    io.err(`lab: wrote ${mdPath}`);
+  }
+  for (const line of formatText(report)) io.out(line);
+  const failures = soundFailures(report);
+  if (failures.length > 0) io.out(`\nFAIL: ${failures.length} runs of designs meant to be sound are not clean`);
+  if (args.json) io.out(JSON.stringify(json));
+  return failures.length > 0 ? EXIT_UNSOUND : EXIT_OK;
+}
