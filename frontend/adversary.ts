@@ -14,7 +14,7 @@
 
 import type { Clock } from '../shared/clock.js';
 import type { EvtchnDomain } from '../shared/evtchn.js';
-import { GNTST_general_error, type GrantTable } from '../shared/gnttab.js';
+import { GNTST_bad_gntref, GNTST_general_error, type GrantTable } from '../shared/gnttab.js';
 import type { GrantReturnMessage } from '../shared/grant-return.js';
 import { XEN_PAGE_SIZE, type GuestMemory } from '../shared/memory.js';
 import {
@@ -554,6 +554,16 @@ export class HostileFront {
     rx.pushRequests();
     this.notify();
     return ids;
+  }
+
+  /** Posts one RX request naming `gref` as it is (an invalid or foreign grant); returns its id. */
+  postRxRef(gref: number): number {
+    const rx = this.rxRing();
+    const id = this.id();
+    rx.putRequest(RxRequest, { id, gref });
+    rx.pushRequests();
+    this.notify();
+    return id;
   }
 
   /** Reads every RX response published since the last call, keeping them in rxSeen. */
@@ -1121,27 +1131,28 @@ interface RxPlayed {
   readonly vif: VifStatus | null;
 }
 
-const readonlyRxCase: AdversaryCase<RxPlayed> = {
-  name: 'rx-gref-readonly',
+const rxBadGrefCase: AdversaryCase<RxPlayed> = {
+  name: 'rx-grefs-readonly-and-invalid',
   item: CHECKLIST.grefs,
   expect: 'RX_ERROR',
-  linux: 'xenvif_rx_copy: the copy into a read-only grant fails; the slot\'s status is the GNTST code',
+  linux: 'xenvif_rx_copy: a copy into a read-only or invalid grant fails; the slot\'s status is the GNTST code',
   async play(f) {
     await f.connect();
     await f.announce();
     f.postRx(1, true);
-    f.host.honestSendTo(f.mac, f.ip, 1, 1400);
+    f.postRxRef(UNUSED_GREF);
+    f.host.honestSendTo(f.mac, f.ip, 2, 1400);
     await f.host.run(ADVERSARY_WAIT_MS, () => {
       f.rxResponses();
-      return f.rxSeen.length > 0;
+      return f.rxSeen.length >= 2;
     });
     return { statuses: f.rxSeen.map((r) => r.status), vif: f.vif() };
   },
   check(_f, p) {
     const out: string[] = [];
     expectNotDisabled(out, p.vif);
-    expectEq(out, 'RX statuses', p.statuses, [GNTST_general_error]);
-    if (!((p.vif?.stats.rxCopyErrors ?? 0) > 0)) out.push('rxCopyErrors: expected > 0 but got 0');
+    expectEq(out, 'RX statuses', p.statuses, [GNTST_general_error, GNTST_bad_gntref]);
+    if (!((p.vif?.stats.rxCopyErrors ?? 0) >= 2)) out.push(`rxCopyErrors: expected >= 2 but got ${p.vif?.stats.rxCopyErrors}`);
     return out;
   },
 };
@@ -1445,6 +1456,9 @@ const deathCase: AdversaryCase<DeathPlayed> = {
     for (let i = 0; i < FLAP_PACKETS; i++) pkts.push(f.sendPacket([{ size: 1400 }]));
     await f.host.step();
     const inFlightAtDeath = f.inUseRefs().filter((r) => pkts.some((p) => p.grefs.includes(r))).length;
+    // It dies waiting for those answers: rsp_event armed, so every response pushed after its death would notify it.
+    f.txResponses();
+    f.tx!.setRspEvent(f.rspProd() + 1);
     const raisedAtDeath = f.guest.evtchn.counters().raised;
     const noticesAtDeath = f.guest.notices.length;
     await f.host.destroyGuest(f.domid);
@@ -1479,7 +1493,7 @@ export const ADVERSARY_CASES: readonly AdversaryCase[] = [
   ...extraCases,
   ...headerCases,
   ...grefCases,
-  readonlyRxCase,
+  rxBadGrefCase,
   mcastCase,
   ...connectCases,
   withholdRxCase,
