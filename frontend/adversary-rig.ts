@@ -24,7 +24,14 @@ import { GuestMemory } from '../shared/memory.js';
 import { XEN_NETIF_GSO_TYPE_TCPV4, XEN_NETIF_RX_SLOT_SIZE, XEN_NETIF_TX_SLOT_SIZE } from '../shared/netif.js';
 import { err, ok, type Result } from '../shared/result.js';
 import { attachBackRing, type BackRing } from '../shared/ring.js';
-import { toolstackAddVif, toolstackCreateDomain, toolstackDestroyDomain, vifBackendPath, vifFrontendPath } from '../shared/xenbus.js';
+import {
+  XenbusStateInitWait,
+  toolstackAddVif,
+  toolstackCreateDomain,
+  toolstackDestroyDomain,
+  vifBackendPath,
+  vifFrontendPath,
+} from '../shared/xenbus.js';
 import { XenstoreClient } from '../shared/xenstore-client.js';
 import { XenStore } from '../shared/xenstore.js';
 import type { AdversaryHost, DeviceStatus, HonestHealth, HostAudit, HostGuest, VifStatus } from './adversary.js';
@@ -319,7 +326,7 @@ export class AdversaryRig implements AdversaryHost {
     if (!dev.ok) throw new Error(`rig: probe of d${domid} failed: ${dev.error}`);
     adv.device = dev.value;
     // The backend answers the frontend's Initialising with InitWait.
-    await this.run(100, () => dev.value.state === 2);
+    await this.run(100, () => dev.value.state === XenbusStateInitWait);
     return guest;
   }
 

@@ -955,8 +955,8 @@ const sizeCases: AdversaryCase[] = [
     name: 'frag-larger-than-total',
     item: CHECKLIST.sizes,
     expect: 'ERROR',
-    linux: 'xenvif_count_requests: not fatal ("buggy frontends"), dropped, every slot RSP_ERROR',
-    send: (f) => f.sendPacket([{ size: 100 }, { size: 200 }], { total: 100 }),
+    linux: 'xenvif_count_requests: not fatal ("buggy frontends"), dropped, every slot RSP_ERROR, its extra RSP_NULL',
+    send: (f) => f.sendPacket([{ size: 100 }, { size: 200 }], { total: 100, extras: [gsoExtraSlot(1000, XEN_NETIF_GSO_TYPE_TCPV4)] }),
     txError: 'Invalid tx request, slot size 200 > remaining size 100',
   }),
   packetCase({
