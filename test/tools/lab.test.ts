@@ -122,8 +122,12 @@ test('the tracker ignores returns of pages it never saw mapped (the oracle count
   tr.noteMapped(page(3));
   tr.scan((fn) => fn(fakeSkb([3])), 6, 10);
   tr.noteReturned([page(3)], 1, 7, 11);
+  // Returned within the step whose scan stamped it (a caller that returns after scanning): 0 steps, not late.
+  tr.noteMapped(page(4));
+  tr.scan(() => {}, 8, 12);
+  tr.noteReturned([page(4)], 1, 8, 12);
   const s = tr.summary();
-  t.deepEqual({ returned: s.returned, heldLate: s.heldLate, max: s.steps.max, maxMs: s.ms.max }, { returned: 2, heldLate: 1, max: 3, maxMs: 7 });
+  t.deepEqual({ returned: s.returned, heldLate: s.heldLate, max: s.steps.max, maxMs: s.ms.max }, { returned: 3, heldLate: 1, max: 3, maxMs: 7 });
 });
 
 test('the tracker refuses corrupt structure with exact messages', (t) => {

@@ -35,7 +35,7 @@ export interface RunMeasure {
   /** Zerocopy completions and those that completed as copied (success = false). */
   readonly zerocopyCompletions: number;
   readonly copiedCompletions: number;
-  /** Wall-clock ms spent in the data path (speed: not reproducible). */
+  /** Wall-clock ms spent in the data path, the oracle's and the lab's checks excluded (speed: not reproducible). */
   readonly wallMs: number;
   /** Lab steps and virtual ms (0 for op sequences). */
   readonly steps: number;
