@@ -89,6 +89,28 @@ export interface BackendInit {
   readonly control: MessagePort;
 }
 
+/** What the oracle and the uplink checks saw so far: the audit figures that survive the backend's death. */
+export interface BackendAuditSnapshot {
+  readonly mapped: number;
+  readonly returned: number;
+  readonly earlyReturns: number;
+  readonly doubleReturns: number;
+  readonly leaks: number;
+  /** Payloads found corrupt beyond the uplink so far. */
+  readonly corruptPayloads: number;
+  /** The first violations' messages. */
+  readonly violations: readonly string[];
+}
+
+/** A fault the toolstack injects into the running backend (the stress tool). */
+export type BackendFault =
+  /** Frames completed by the uplink are lost on the wire with probability `p` until `ms` from now. */
+  | { readonly kind: 'loss'; readonly p: number; readonly ms: number }
+  /** The uplink completes nothing for `ms` (a hung TX queue): frames keep their pages. */
+  | { readonly kind: 'nic-stall'; readonly ms: number }
+  /** The tap holds its clones `holdMs` (applies to clones already held too); needs the tap. */
+  | { readonly kind: 'tap-hold'; readonly holdMs: number };
+
 /** Counters the toolstack samples once a second (comlink). */
 export interface BackendStats {
   readonly vifs: number;
@@ -101,6 +123,10 @@ export interface BackendStats {
   /** Loop rounds and sleeps (how busy the softirq is). */
   readonly rounds: number;
   readonly sleeps: number;
+  /** The audit figures so far. */
+  readonly audit: BackendAuditSnapshot;
+  /** Frames lost on the wire by loss faults. */
+  readonly wireLost: number;
 }
 
 /** What draining found. */
@@ -138,6 +164,14 @@ export interface BackendApi {
   /** The "hypervisor" learns a guest: its grant table and memory, and the port its grant returns go to. */
   addDomain(domid: number, table: SharedArrayBuffer, memory: SharedArrayBuffer, grantPort: MessagePort): void;
   stats(): BackendStats;
+  /**
+   * The hypervisor forgets a dead guest (domain_kill): new maps of its grants fail, mappings already held stay until
+   * netback unmaps them, and its grant-return port is closed so nothing more is posted to it. Returns how many of
+   * its refs are still mapped.
+   */
+  removeDomain(domid: number): number;
+  /** Injects a fault (the stress tool). */
+  fault(f: BackendFault): void;
   /** Runs until the stack holds no skb and dealloc is flushed, aborting what is left at the deadline. */
   drain(deadlineMs: number): Promise<DrainReport>;
   /** Stops the loop, runs the oracle's quiescence check, closes the stack (pcap) and reports. */
@@ -376,6 +410,12 @@ export class Dom0Backend implements SoftirqWork {
   private readonly roots: SkBuff[] = [];
   private nextAnnounce = 0;
   private readonly announceFrame: Uint8Array;
+  // Loss faults on the uplink's wire (their own Random, so the other streams of the seed are unchanged).
+  private lossP = 0;
+  private lossUntil = -Infinity;
+  private lossRandom: Random | null = null;
+  /** Frames lost on the wire by loss faults. */
+  wireLost = 0;
 
   constructor(readonly config: BackendConfig, clock: Clock = new RealClock()) {
     this.clock = clock;
@@ -406,7 +446,7 @@ export class Dom0Backend implements SoftirqWork {
         features: { sg: true, tso: true },
         completionDelayMs: config.nicCompletionDelayMs,
         loss: config.loss,
-        wire: config.uplinkVerify ? this.uplink.wire : null,
+        wire: config.uplinkVerify ? this.faultyWire : null,
       },
       tap: config.tap ? { holdMs: config.tapHoldMs, pcap, scope: 'all' } : null,
     });
@@ -439,6 +479,60 @@ export class Dom0Backend implements SoftirqWork {
     if (stall > 0) this.stack.nic.stall(clock.now() + stall);
     this.announceFrame = new Uint8Array(ETH_ZLEN);
     writeEthHeader(this.announceFrame, 0, remote.mac, remote.mac, ETH_P_ARP);
+  }
+
+  // The uplink host's wire behind the loss fault: a lost frame completed on the NIC but never reached the far end.
+  private readonly faultyWire = (skb: SkBuff): void => {
+    if (this.lossP > 0 && this.clock.now() < this.lossUntil && this.lossRandom!.chance(this.lossP)) {
+      this.wireLost++;
+      return;
+    }
+    this.uplink.wire(skb);
+  };
+
+  /** Injects a fault: wire loss for a while, a NIC stall, or the tap's hold window. */
+  fault(f: BackendFault): void {
+    const now = this.clock.now();
+    switch (f.kind) {
+      case 'loss':
+        if (!(f.p >= 0 && f.p <= 1) || !(f.ms >= 0)) throw new RangeError(`loss fault needs p in [0, 1] and ms >= 0 but got ${f.p}, ${f.ms}`);
+        this.lossRandom ??= new Random((this.config.seed ^ 0x5eed1055) >>> 0);
+        this.lossP = f.p;
+        this.lossUntil = now + f.ms;
+        break;
+      case 'nic-stall':
+        this.stack.nic.stall(now + f.ms);
+        break;
+      case 'tap-hold':
+        this.stack.tap?.setHoldMs(f.holdMs);
+        break;
+    }
+  }
+
+  /** The hypervisor forgets a dead guest; returns how many of its refs are still mapped (see BackendApi.removeDomain). */
+  removeDomain(domid: number): number {
+    const port = this.grantPorts.get(domid);
+    this.grantPorts.delete(domid);
+    port?.close();
+    try {
+      return this.mapper.removeDomain(domid);
+    } catch {
+      return 0;
+    }
+  }
+
+  /** The audit figures so far (they survive the backend's death in the toolstack's samples). */
+  auditSnapshot(): BackendAuditSnapshot {
+    const o = this.oracle.report;
+    return {
+      mapped: o.mapped,
+      returned: o.returned,
+      earlyReturns: o.earlyReturns,
+      doubleReturns: o.doubleReturns,
+      leaks: o.leaks,
+      corruptPayloads: this.peer.stats.corruptSegments + this.uplink.stats.udpCorrupt,
+      violations: o.violations.map((v) => v.message),
+    };
   }
 
   /** Records something for the report: distinct messages, at most MAX_NOTES of them (the rest are only counted). */
@@ -563,6 +657,8 @@ export class Dom0Backend implements SoftirqWork {
       wireFrames: this.stack.nic.stats.wireFrames,
       rounds: loop.rounds,
       sleeps: loop.sleeps,
+      audit: this.auditSnapshot(),
+      wireLost: this.wireLost,
     };
   }
 
@@ -713,6 +809,8 @@ export class BackendRuntime {
   readonly api: BackendApi = {
     addDomain: (domid, table, memory, grantPort) => this.dom0.addDomain(domid, table, memory, grantPort),
     stats: () => this.dom0.stats(this.loop.stats),
+    removeDomain: (domid) => this.dom0.removeDomain(domid),
+    fault: (f) => this.dom0.fault(f),
     drain: (deadlineMs) => this.drain(deadlineMs),
     finish: () => this.finish(),
   };

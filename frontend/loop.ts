@@ -6,20 +6,20 @@
 // The statistics block is one SharedArrayBuffer per guest: the toolstack writes the phase word, the guest writes
 // its state word and publishes its counters and grant-return latency histogram under a sequence lock, so the
 // toolstack reads progress once a second without a message.
-import type { MessagePort } from 'node:worker_threads';
+import { threadId, type MessagePort } from 'node:worker_threads';
 import * as Comlink from 'comlink';
 import nodeEndpoint from 'comlink/dist/esm/node-adapter.mjs';
 import { RealClock, type Clock } from '../shared/clock.js';
 import { ETH_HLEN } from '../shared/ether.js';
 import { EvtchnHost, type WaitResult } from '../shared/evtchn.js';
-import { GrantTable } from '../shared/gnttab.js';
+import { GrantTable, type GrantTableOptions } from '../shared/gnttab.js';
 import { parseGrantReturnMessage } from '../shared/grant-return.js';
 import { IPV4_HLEN, TCPHDR_ACK, TCP_HLEN, UDP_HLEN } from '../shared/inet.js';
 import { GuestMemory } from '../shared/memory.js';
 import { XEN_NETIF_MAX_TX_SIZE } from '../shared/netif.js';
 import { PAYLOAD_TAG_LEN } from '../shared/payload.js';
 import { Random } from '../shared/random.js';
-import { vifFrontendPath } from '../shared/xenbus.js';
+import { XenbusStateClosed, vifFrontendPath } from '../shared/xenbus.js';
 import { XenstoreClient } from '../shared/xenstore-client.js';
 import type { XsWorkerPorts } from '../shared/xenstore-protocol.js';
 import { LatencyHistogram, Netfront, type TxPacket, type TxSource } from './netfront.js';
@@ -43,6 +43,8 @@ export const GUEST_CONNECTED = 1;
 export const GUEST_DONE = 2;
 /** The guest failed (its task result or rejection carries why). */
 export const GUEST_FAILED = 3;
+/** The guest was killed (kKill): it stopped where it stood, dropping its state; the toolstack destroys the domain. */
+export const GUEST_KILLED = 4;
 
 /** Int32 word: the phase the toolstack asks for (PHASE_*). */
 export const kPhase = 0;
@@ -50,6 +52,29 @@ export const kPhase = 0;
 export const kState = 1;
 /** Int32 word: the sequence lock over the counters and histogram (odd while the guest writes). */
 export const kSeq = 2;
+/** Int32 word, toolstack → guest: nonzero kills the guest where it stands (a fault: no teardown, no end access). */
+export const kKill = 3;
+/** Int32 word, toolstack → guest: how the guest consumes its RX ring (RX_NORMAL, RX_SLOW, RX_STALLED). */
+export const kRxMode = 4;
+/** Int32 word, toolstack → guest: bumped to make the guest revoke TX grants the backend still maps (a fault). */
+export const kRevoke = 5;
+/** Int32 word, toolstack → guest: nonzero while the guest floods its event channel (a fault). */
+export const kStorm = 6;
+/** Int32 word, guest → toolstack: the threadId of the worker the guest runs on. */
+export const kThreadId = 7;
+
+/** kRxMode: take every RX response as it comes. */
+export const RX_NORMAL = 0;
+/** kRxMode: a slow receiver, one RX response per SLOW_RX_INTERVAL_MS (buffers are re-posted as slowly). */
+export const RX_SLOW = 1;
+/** kRxMode: a stalled receiver (a process stopped with ctrl-Z): no RX response taken, no buffer re-posted. */
+export const RX_STALLED = 2;
+/** How often a slow receiver takes one RX response, ms. */
+export const SLOW_RX_INTERVAL_MS = 5;
+/** Notifications an event storm sends per loop round. */
+export const STORM_NOTIFIES_PER_ROUND = 256;
+/** How long a revoke keeps looking for a TX grant the backend maps, ms. */
+export const REVOKE_SEARCH_MS = 2000;
 /** Bytes before the Float64 counters (one cache line of control words). */
 export const STATS_HEADER_BYTES = 64;
 
@@ -79,8 +104,22 @@ export const sEarlyReturns = 10;
 export const sRxBad = 11;
 /** Float64 counter: grant-return latency samples (the histogram's total). */
 export const sLatencySamples = 12;
+/** Float64 counter: TX grants ended at a disconnect without a return (the backend had let go, or died). */
+export const sReclaimed = 13;
+/** Float64 counter: times the vif connected (talk_to_netback succeeded). */
+export const sConnects = 14;
+/** Float64 counter: revokes of TX grants still mapped that end access refused (GTF_reading/GTF_writing set). */
+export const sRevokeRefused = 15;
+/** Float64 counter: those refused grants whose access ended later (after the backend let go). */
+export const sRevokeEnded = 16;
+/** Float64 counter: revokes that found the grant unmapped between the look and the end (re-granted at once). */
+export const sRevokeRaced = 17;
+/** Float64 counter: event-storm notifications sent. */
+export const sStormNotifies = 18;
+/** Float64 counter: disconnects seen (the backend closed or vanished). */
+export const sDisconnects = 19;
 /** Number of Float64 counters. */
-export const STATS_COUNTERS = 16;
+export const STATS_COUNTERS = 24;
 
 /** Latency histogram buckets: netfront's LatencyHistogram layout (so quantiles come from its quantileOf). */
 export const LATENCY_BUCKETS = new LatencyHistogram().counts.length;
@@ -137,6 +176,56 @@ export class GuestStatsBlock {
   /** Sets the guest's state (guest). */
   setState(state: number): void {
     Atomics.store(this.ctl, kState, state);
+  }
+
+  /** Whether the toolstack killed the guest. Any thread. */
+  get killed(): boolean {
+    return Atomics.load(this.ctl, kKill) !== 0;
+  }
+
+  /** Kills the guest (toolstack): its loop stops where it stands at its next round or wake-up. */
+  kill(): void {
+    Atomics.store(this.ctl, kKill, 1);
+  }
+
+  /** How the guest consumes its RX ring (RX_NORMAL, RX_SLOW, RX_STALLED). Any thread. */
+  get rxMode(): number {
+    return Atomics.load(this.ctl, kRxMode);
+  }
+
+  /** Sets the RX mode (toolstack). */
+  setRxMode(mode: number): void {
+    Atomics.store(this.ctl, kRxMode, mode);
+  }
+
+  /** The revoke request counter (toolstack bumps it; the guest acts on each change). Any thread. */
+  get revokeSeq(): number {
+    return Atomics.load(this.ctl, kRevoke);
+  }
+
+  /** Asks the guest to revoke TX grants the backend still maps (toolstack). */
+  requestRevoke(): void {
+    Atomics.add(this.ctl, kRevoke, 1);
+  }
+
+  /** Whether the guest floods its event channel. Any thread. */
+  get storm(): boolean {
+    return Atomics.load(this.ctl, kStorm) !== 0;
+  }
+
+  /** Starts or stops the event storm (toolstack). */
+  setStorm(on: boolean): void {
+    Atomics.store(this.ctl, kStorm, on ? 1 : 0);
+  }
+
+  /** The threadId of the worker the guest runs on (0 before it started). Any thread. */
+  get threadId(): number {
+    return Atomics.load(this.ctl, kThreadId);
+  }
+
+  /** Records the guest's threadId (guest). */
+  setThreadId(id: number): void {
+    Atomics.store(this.ctl, kThreadId, id);
   }
 
   /**
@@ -226,6 +315,11 @@ export interface GuestTask {
 export interface GuestHostApi {
   /** Tells the "hypervisor" (the backend's grant mapper) where this guest's grant table is; resolves when known. */
   registerGrantTable(table: SharedArrayBuffer): Promise<void>;
+  /**
+   * After the backend domain died and a new one started: resolves once the new backend knows this guest, with the
+   * port its grant returns now arrive on (null if no new backend took over).
+   */
+  reattach(): Promise<MessagePort | null>;
 }
 
 /** A guest's final report (the task's result). */
@@ -237,6 +331,8 @@ export interface GuestReport {
   readonly rxBytes: number;
   readonly granted: number;
   readonly returned: number;
+  /** TX grants ended at a disconnect without a return (the backend had let go, or died); absent means 0. */
+  readonly reclaimed?: number;
   /** Grants still with the backend when the guest gave up waiting (or 0). */
   readonly outstanding: number;
   readonly corruptPayloads: number;
@@ -331,14 +427,14 @@ export class GuestLoop {
     this.block.publish((c, h) => this.driver.publish(c, h));
   }
 
-  /** Runs until the toolstack's phase reaches PHASE_CLOSE. */
+  /** Runs until the toolstack's phase reaches PHASE_CLOSE, or the toolstack kills the guest. */
   async run(): Promise<void> {
-    await this.runWhile(() => this.block.phase < PHASE_CLOSE);
+    await this.runWhile(() => this.block.phase < PHASE_CLOSE && !this.block.killed);
   }
 
   /** Runs rounds without transmitting until no grant is outstanding, or `deadline` (clock ms); true if none is. */
   async drainUntil(deadline: number): Promise<boolean> {
-    await this.runWhile(() => this.driver.outstanding() > 0 && this.clock.now() < deadline, true);
+    await this.runWhile(() => this.driver.outstanding() > 0 && this.clock.now() < deadline && !this.block.killed, true);
     this.publishNow();
     return this.driver.outstanding() === 0;
   }
@@ -490,6 +586,141 @@ export function guestSource(cfg: GuestConfig, clock: Clock, random: Random): Gue
   );
 }
 
+/** A guest grant table that tells who asked when an end of access succeeds (the revoke fault's completions). */
+export class ObservedGrantTable extends GrantTable {
+  /** Called after each successful endForeignAccessRef, with the ref. */
+  onEnded: ((ref: number) => void) | null = null;
+
+  constructor(opts: GrantTableOptions) {
+    super(opts);
+  }
+
+  override endForeignAccessRef(ref: number): boolean {
+    const ended = super.endForeignAccessRef(ref);
+    if (ended) this.onEnded?.(ref);
+    return ended;
+  }
+}
+
+/** What the guest's faults did (published with the driver's counters). */
+export interface GuestFaultCounters {
+  revokeRefused: number;
+  revokeEnded: number;
+  revokeRaced: number;
+  stormNotifies: number;
+  connects: number;
+  disconnects: number;
+}
+
+/**
+ * The guest's side of the stress faults, driven by the toolstack's words in the statistics block: a slow or
+ * stalled receiver (kRxMode), an event storm on the vif's channel (kStorm), and a revoke of TX grants the backend
+ * still maps (kRevoke): end access is called on them as Linux's gnttab_end_foreign_access_ref does, is refused
+ * while GTF_reading/GTF_writing is set, and the grant is counted ended once netfront ends it after the backend let
+ * go. Departure: a revoke that finds the grant unmapped between the look and the end re-grants it at once (the
+ * guest's netfront still owns it), and counts it as raced.
+ */
+export class GuestFaults {
+  readonly counters: GuestFaultCounters = { revokeRefused: 0, revokeEnded: 0, revokeRaced: 0, stormNotifies: 0, connects: 0, disconnects: 0 };
+  private revokeSeen: number;
+  private revokeUntil = -Infinity;
+  private nextRevokeScan = -Infinity;
+  private revoking = false;
+  private readonly pending = new Set<number>();
+  private lastSlowRx = -Infinity;
+
+  constructor(
+    private readonly block: GuestStatsBlock,
+    private readonly gnttab: ObservedGrantTable,
+    private readonly evtchn: { notify(port: number): number },
+    private readonly backendDomid: number,
+  ) {
+    this.revokeSeen = block.revokeSeq;
+    gnttab.onEnded = (ref) => {
+      if (!this.revoking && this.pending.delete(ref)) this.counters.revokeEnded++;
+    };
+  }
+
+  /** Refused revokes whose grant has not ended yet. */
+  get revokesPending(): number {
+    return this.pending.size;
+  }
+
+  /** How many RX responses the driver may take this round. */
+  rxBudget(now: number): number {
+    switch (this.block.rxMode) {
+      case RX_STALLED:
+        return 0;
+      case RX_SLOW:
+        if (now - this.lastSlowRx < SLOW_RX_INTERVAL_MS) return 0;
+        this.lastSlowRx = now;
+        return 1;
+      default:
+        return GUEST_RX_BUDGET;
+    }
+  }
+
+  /** The storm and the revoke, once per round; returns the work done. */
+  round(now: number, nf: Netfront): number {
+    let did = 0;
+    const port = nf.eventChannel;
+    if (this.block.storm && port >= 0) {
+      for (let i = 0; i < STORM_NOTIFIES_PER_ROUND; i++) this.evtchn.notify(port);
+      this.counters.stormNotifies += STORM_NOTIFIES_PER_ROUND;
+      did += STORM_NOTIFIES_PER_ROUND;
+    }
+    const seq = this.block.revokeSeq;
+    if (seq !== this.revokeSeen) {
+      this.revokeSeen = seq;
+      this.revokeUntil = now + REVOKE_SEARCH_MS;
+      this.nextRevokeScan = now;
+    }
+    if (now < this.revokeUntil && now >= this.nextRevokeScan) {
+      this.nextRevokeScan = now + 10;
+      if (this.revokeMapped() > 0) this.revokeUntil = -Infinity;
+    }
+    return did;
+  }
+
+  /** Ends access to every TX grant (read-only, to the backend) the backend maps right now; returns how many were refused. */
+  revokeMapped(): number {
+    let refused = 0;
+    this.revoking = true;
+    try {
+      for (const g of this.gnttab.query().outstanding) {
+        if (!g.readonly || !g.inUse || g.domid !== this.backendDomid || this.pending.has(g.ref)) continue;
+        if (this.gnttab.endForeignAccessRef(g.ref)) {
+          this.gnttab.grantForeignAccessRef(g.ref, g.domid, g.frame, true);
+          this.counters.revokeRaced++;
+        } else {
+          this.pending.add(g.ref);
+          this.counters.revokeRefused++;
+          refused++;
+        }
+      }
+    } finally {
+      this.revoking = false;
+    }
+    return refused;
+  }
+
+  /** When a slow receiver next takes a response (Infinity otherwise). */
+  nextDeadline(): number {
+    return this.block.rxMode === RX_SLOW ? this.lastSlowRx + SLOW_RX_INTERVAL_MS : Infinity;
+  }
+
+  /** Writes the counters into the stats block's array. */
+  publish(c: Float64Array): void {
+    const f = this.counters;
+    c[sRevokeRefused] = f.revokeRefused;
+    c[sRevokeEnded] = f.revokeEnded;
+    c[sRevokeRaced] = f.revokeRaced;
+    c[sStormNotifies] = f.stormNotifies;
+    c[sConnects] = f.connects;
+    c[sDisconnects] = f.disconnects;
+  }
+}
+
 /** Netfront and its traffic as the loop's GuestDriver: the upcall, TX responses, RX, then transmit. */
 export class NetfrontDriver implements GuestDriver {
   private started = false;
@@ -498,14 +729,24 @@ export class NetfrontDriver implements GuestDriver {
     readonly nf: Netfront,
     private readonly events: { dispatch(): number },
     private readonly source: GuestSource,
+    /** The stress faults this guest obeys, or null. */
+    readonly faults: GuestFaults | null = null,
   ) {}
 
-  round(_now: number, transmit: boolean): number {
+  /** Whether traffic has started (the source was opened). */
+  get trafficStarted(): boolean {
+    return this.started;
+  }
+
+  round(now: number, transmit: boolean): number {
     const nf = this.nf;
+    const faults = this.faults;
     let did = this.events.dispatch();
     nf.takeEvent();
     did += nf.pollTx();
-    did += nf.pollRx(GUEST_RX_BUDGET);
+    const budget = faults === null ? GUEST_RX_BUDGET : faults.rxBudget(now);
+    if (budget > 0) did += nf.pollRx(budget);
+    if (faults !== null) did += faults.round(now, nf);
     if (transmit) {
       if (!this.started) {
         this.started = true;
@@ -517,7 +758,7 @@ export class NetfrontDriver implements GuestDriver {
   }
 
   nextDeadline(): number {
-    return Infinity;
+    return this.faults === null ? Infinity : this.faults.nextDeadline();
   }
 
   outstanding(): number {
@@ -540,6 +781,8 @@ export class NetfrontDriver implements GuestDriver {
     c[sEarlyReturns] = s.endAccessFailures;
     c[sRxBad] = s.rxBadFrames + s.rxChecksumErrors;
     c[sLatencySamples] = nf.latency.count;
+    c[sReclaimed] = s.grantsReclaimed;
+    this.faults?.publish(c);
     h.set(nf.latency.counts);
   }
 
@@ -554,6 +797,7 @@ export class NetfrontDriver implements GuestDriver {
       rxBytes: s.rxBytes,
       granted: s.grantsGranted,
       returned: s.grantsReturned,
+      reclaimed: s.grantsReclaimed,
       outstanding,
       corruptPayloads: s.rxCorruptPayloads,
       earlyReturns: s.endAccessFailures,
@@ -574,26 +818,37 @@ function errorText(e: unknown): string {
   return e instanceof Error ? e.message : String(e);
 }
 
+/** The error a killed guest's report carries. */
+export const GUEST_KILLED_ERROR = 'killed by the toolstack';
+
 /**
  * One guest, start to finish (the piscina task): attaches its memory and event channels, builds its grant table
  * (registered with the toolstack before the handshake, so the backend can map the rings), netfront and its
  * traffic; connects through the xenstore; runs the toolstack's phases; waits for its last grants; closes the vif;
- * reports. Never throws: a failure is the report's `error`, and every port and handle is released.
+ * reports. When its backend vanishes (the backend domain died) it tears down, reclaims its grants, and once a new
+ * backend shows up takes the new grant-return port and reconnects (Closed -> Initialising). Killed (kKill), it
+ * stops where it stands: no drain, no close, no end access; its timers stop and its ports close, as a dead
+ * domain's would. Never throws: a failure is the report's `error`, and every port and handle is released.
  */
 export async function runGuestTask(task: GuestTask): Promise<GuestReport> {
   const cfg = task.config;
   const block = new GuestStatsBlock(task.stats);
+  block.setThreadId(threadId);
   const clock = new RealClock();
   const notes: string[] = [];
   let error: string | null = null;
   let driver: NetfrontDriver | null = null;
   let loop: GuestLoop | null = null;
+  let nfRef: Netfront | null = null;
   let outstanding = 0;
   let badNotices = 0;
+  let killed = false;
   const host = Comlink.wrap<GuestHostApi>(nodeEndpoint(task.host));
   const client = XenstoreClient.remote(task.xenstore);
-  let gnttab: GrantTable | null = null;
+  let gnttab: ObservedGrantTable | null = null;
+  let grantPort = task.grantPort;
   const onGrantReturn = (data: unknown): void => {
+    if (killed) return;
     const m = parseGrantReturnMessage(data);
     if (!m.ok) {
       if (badNotices++ === 0) notes.push(m.error);
@@ -602,14 +857,44 @@ export async function runGuestTask(task: GuestTask): Promise<GuestReport> {
     driver?.nf.handleGrantReturns(m.value.grefs);
     loop?.kick();
   };
-  task.grantPort.on('message', onGrantReturn);
+  grantPort.on('message', onGrantReturn);
+  let fxRef: NetfrontXenbus | null = null;
+  let faults: GuestFaults | null = null;
+  let reconnecting = false;
+  // The backend vanished (its domain died): once a new backend's directory appears, take its grant-return port
+  // and start over from Closed (netfront_resume's path: Closed -> Initialising, then the usual handshake).
+  const supervise = async (): Promise<void> => {
+    const fx = fxRef;
+    if (fx === null || reconnecting) return;
+    reconnecting = true;
+    try {
+      await fx.device.waitForState(XenbusStateClosed);
+      await fx.device.waitForOtherend((_, vanished) => !vanished);
+      if (killed || block.phase >= PHASE_CLOSE) return;
+      const port = await host.reattach();
+      if (port !== null) {
+        grantPort.off('message', onGrantReturn);
+        grantPort.close();
+        grantPort = port;
+        grantPort.on('message', onGrantReturn);
+      }
+      if (killed || block.phase >= PHASE_CLOSE) return;
+      nfRef?.retryRevokes();
+      const r = await fx.reconnect();
+      if (!r.ok) notes.push(`reconnect: ${r.error}`);
+    } catch (e) {
+      notes.push(`reconnect: ${errorText(e)}`);
+    } finally {
+      reconnecting = false;
+    }
+  };
   try {
     const memory = GuestMemory.fromBuffer(task.memory);
     const evh = EvtchnHost.attach(task.evtchn);
     if (!evh.ok) throw new Error(`event channels: ${evh.error}`);
     const dom = evh.value.domain(cfg.domid);
     dom.spin = cfg.spin;
-    gnttab = new GrantTable({ domid: cfg.domid, nrEntries: cfg.grantEntries, clock });
+    gnttab = new ObservedGrantTable({ domid: cfg.domid, nrEntries: cfg.grantEntries, clock });
     const source = guestSource(cfg, clock, new Random(cfg.seed));
     const frames: number[] = [];
     for (let f = 0; f < memory.nrFrames; f++) frames.push(f);
@@ -625,44 +910,72 @@ export async function runGuestTask(task: GuestTask): Promise<GuestReport> {
         source.receive?.(buf, off, len);
       },
     });
-    driver = new NetfrontDriver(nf, dom, source);
+    nfRef = nf;
+    faults = new GuestFaults(block, gnttab, dom, cfg.backendDomid);
+    const f = faults;
+    const drv = new NetfrontDriver(nf, dom, source, f);
+    driver = drv;
     await host.registerGrantTable(gnttab.entries.sab);
     const fx = await NetfrontXenbus.open({
       client,
       nodename: vifFrontendPath(cfg.domid, cfg.devid),
       netfront: nf,
       clock,
-      onConnected: (f) => source.connected?.(f.gsoTcpv4),
+      onConnected: (features) => {
+        f.counters.connects++;
+        source.connected?.(features.gsoTcpv4);
+        // A new backend knows nothing of our old TCP stream: open a new one (the old one was reset).
+        if (f.counters.connects > 1 && drv.trafficStarted) source.start?.();
+      },
+      onDisconnected: () => {
+        f.counters.disconnects++;
+        if (!killed && block.phase < PHASE_CLOSE) void supervise();
+      },
     });
     if (!fx.ok) throw new Error(`xenbus: ${fx.error}`);
+    fxRef = fx.value;
     if (!(await fx.value.waitConnected(GUEST_CONNECT_TIMEOUT_MS))) {
       throw new Error(`vif did not connect within ${GUEST_CONNECT_TIMEOUT_MS} ms${fx.value.lastError === null ? '' : `: ${fx.value.lastError}`}`);
     }
     block.setState(GUEST_CONNECTED);
     loop = new GuestLoop(driver, block, dom, clock, { publishEveryMs: cfg.publishEveryMs });
     await loop.run();
-    const drained = await loop.drainUntil(clock.now() + cfg.returnDeadlineMs);
-    outstanding = nf.grantsOutstanding;
-    if (!drained) notes.push(`${outstanding} grants not returned within ${cfg.returnDeadlineMs} ms`);
-    const closed = await fx.value.close(cfg.closeTimeoutMs);
-    if (!closed.ok) notes.push(`close: ${closed.error}`);
-    if (nf.stats.grantsReclaimed > 0) notes.push(`${nf.stats.grantsReclaimed} grants reclaimed at disconnect`);
-    if (nf.broken) error = `device broken: ${nf.brokenReason ?? 'unknown'}`;
+    if (block.killed) {
+      killed = true;
+    } else {
+      const drained = await loop.drainUntil(clock.now() + cfg.returnDeadlineMs);
+      killed = block.killed;
+      if (!killed) {
+        outstanding = nf.grantsOutstanding;
+        if (!drained) notes.push(`${outstanding} grants not returned within ${cfg.returnDeadlineMs} ms`);
+        const closed = await fx.value.close(cfg.closeTimeoutMs);
+        if (!closed.ok) notes.push(`close: ${closed.error}`);
+        if (nf.stats.grantsReclaimed > 0) notes.push(`${nf.stats.grantsReclaimed} grants reclaimed at disconnect`);
+        if (f.revokesPending > 0) notes.push(`${f.revokesPending} revoked grants never ended`);
+        if (nf.broken) error = `device broken: ${nf.brokenReason ?? 'unknown'}`;
+      }
+    }
+    if (killed) {
+      // Dead where it stood: what it had outstanding stays granted (the toolstack releases the domain).
+      outstanding = nf.grantsOutstanding;
+      error = GUEST_KILLED_ERROR;
+      nf.dispose();
+    }
     loop.publishNow();
   } catch (e) {
     error = errorText(e);
   } finally {
-    task.grantPort.off('message', onGrantReturn);
-    task.grantPort.close();
+    grantPort.off('message', onGrantReturn);
+    grantPort.close();
     host[Comlink.releaseProxy]();
     task.host.close();
     client.close();
     gnttab?.dispose();
   }
   if (badNotices > 0) notes.push(`${badNotices} malformed grant-return notices`);
-  block.setState(error === null ? GUEST_DONE : GUEST_FAILED);
+  block.setState(killed ? GUEST_KILLED : error === null ? GUEST_DONE : GUEST_FAILED);
   if (driver === null) {
-    return { domid: cfg.domid, txPackets: 0, txBytes: 0, rxPackets: 0, rxBytes: 0, granted: 0, returned: 0, outstanding: 0, corruptPayloads: 0, earlyReturns: 0, doubleReturns: 0, txErrors: 0, error, notes };
+    return { domid: cfg.domid, txPackets: 0, txBytes: 0, rxPackets: 0, rxBytes: 0, granted: 0, returned: 0, reclaimed: 0, outstanding: 0, corruptPayloads: 0, earlyReturns: 0, doubleReturns: 0, txErrors: 0, error, notes };
   }
   return driver.report(cfg.domid, outstanding, error, notes);
 }

@@ -16,7 +16,17 @@ import { MessageChannel, Worker, type MessagePort } from 'node:worker_threads';
 import * as Comlink from 'comlink';
 import nodeEndpoint from 'comlink/dist/esm/node-adapter.mjs';
 import { Piscina } from 'piscina';
-import { VIF_REMOVE_TIMEOUT_MS, type BackendApi, type BackendConfig, type BackendFaults, type BackendInit, type BackendReport, type DrainReport } from '../backend/loop.js';
+import {
+  VIF_REMOVE_TIMEOUT_MS,
+  type BackendApi,
+  type BackendConfig,
+  type BackendFault,
+  type BackendFaults,
+  type BackendInit,
+  type BackendReport,
+  type BackendStats,
+  type DrainReport,
+} from '../backend/loop.js';
 import {
   GUEST_CLOSE_TIMEOUT_MS,
   GUEST_CONNECTED,
@@ -28,6 +38,7 @@ import {
   PHASE_RUN,
   PHASE_STOP,
   STATS_COUNTERS,
+  sConnects,
   latencyQuantile,
   sCorruptPayloads,
   sDoubleReturns,
@@ -46,13 +57,24 @@ import {
   type GuestTask,
   type GuestTrafficKind,
 } from '../frontend/loop.js';
-import { EvtchnHost } from '../shared/evtchn.js';
+import { EVTCHNSTAT_closed, EvtchnHost } from '../shared/evtchn.js';
+import { GTF_reading, GTF_writing, GrantEntriesV1 } from '../shared/gnttab.js';
 import { macToString } from '../shared/ether.js';
 import { ipv4 } from '../shared/inet.js';
 import { GuestMemory } from '../shared/memory.js';
-import { XenstoreClient, exposeXenstoreConnection, type XenstoreChannel } from '../shared/xenstore-client.js';
+import { XenstoreClient, exposeXenstoreConnection, withTransaction, type XenstoreChannel } from '../shared/xenstore-client.js';
+import type { XsResult } from '../shared/xenstore-protocol.js';
 import { XenStore } from '../shared/xenstore.js';
-import { toolstackAddVif, toolstackCreateDomain } from '../shared/xenbus.js';
+import {
+  VifKey,
+  XenbusStateClosed,
+  XenbusStateInitialising,
+  toolstackAddVif,
+  toolstackCreateDomain,
+  toolstackDestroyDomain,
+  vifBackendPath,
+  vifFrontendPath,
+} from '../shared/xenbus.js';
 
 // ---- Addressing plan --------------------------------------------------------------------------------------
 
@@ -123,6 +145,12 @@ export interface ToolstackOptions {
   readonly faults?: BackendFaults;
   /** How long each step of a vif's teardown may wait for the other end, ms (default 2000 guest, 3000 backend). */
   readonly closeStepTimeoutMs?: number;
+  /** How long netback lets an RX queue sit before dropping it, ms (default Linux's 10000). */
+  readonly rxDrainTimeoutMs?: number;
+  /** Event-channel room for domains beyond the first guests (restarted guests, adversaries); default 0. */
+  readonly extraDomains?: number;
+  /** The backend worker's entry (default backend/worker.js). */
+  readonly backendWorker?: URL;
 }
 
 /** p50 and p99 in microseconds (NaN when there were no samples). */
@@ -376,6 +404,77 @@ export function auditOf(guests: readonly GuestReport[], backend: BackendReport |
   };
 }
 
+// ---- Domain death: what the hypervisor and libxl do ----------------------------------------------------------
+
+/**
+ * Xen's evtchn_destroy (domain_kill): closes every port of a dead domain, so each interdomain peer goes back to
+ * unbound and its notify answers -ENOTCONN. Returns how many ports were open.
+ */
+export function closeDomainPorts(evtchn: EvtchnHost, domid: number): number {
+  let n = 0;
+  for (let port = 1; port < evtchn.nrPorts; port++) {
+    const s = evtchn.status(domid, port);
+    if (s.ok && s.value.status === EVTCHNSTAT_closed) continue;
+    if (evtchn.close(domid, port).ok) n++;
+  }
+  return n;
+}
+
+/**
+ * Xen's gnttab_release_mappings (xen/common/grant_table.c, run by domain_kill for a dying domain): every grant the
+ * dead domain had mapped loses its pins, so the granting guest's GTF_reading/GTF_writing are cleared and its end of
+ * access succeeds again. Departure: Xen walks the dead domain's maptrack; that lived in the dead worker's heap, so
+ * we clear the flags of every entry granted to the dead domain instead (only it could have set them). Returns how
+ * many entries were released.
+ */
+export function releaseMappings(table: SharedArrayBuffer, deadDomid: number): number {
+  const e = new GrantEntriesV1(table);
+  let n = 0;
+  for (let ref = 0; ref < e.nrEntries; ref++) {
+    if (e.domid(ref) !== deadDomid || (e.flags(ref) & (GTF_reading | GTF_writing)) === 0) continue;
+    e.clearFlags(ref, GTF_reading | GTF_writing);
+    n++;
+  }
+  return n;
+}
+
+/** Entries of a granting guest's table that `grantee` still maps (GTF_reading or GTF_writing set). */
+export function mappedEntries(table: SharedArrayBuffer, grantee: number): number[] {
+  const e = new GrantEntriesV1(table);
+  const out: number[] = [];
+  for (let ref = 0; ref < e.nrEntries; ref++) {
+    if (e.domid(ref) === grantee && (e.flags(ref) & (GTF_reading | GTF_writing)) !== 0) out.push(ref);
+  }
+  return out;
+}
+
+/**
+ * Re-creates the backend half of a vif for a new backend domain (libxl__device_generic_add's backend keys): the
+ * directory owned by the backend and readable by the frontend, Initialising, online, hotplug-status connected.
+ */
+export async function toolstackReAddVifBackend(dom0: XenstoreClient, vif: { frontendDomid: number; backendDomid: number; devid: number; mac: string }): Promise<XsResult<void>> {
+  const fe = vifFrontendPath(vif.frontendDomid, vif.devid);
+  const be = vifBackendPath(vif.backendDomid, vif.frontendDomid, vif.devid);
+  return withTransaction(dom0, async (tx) => {
+    const steps: (() => Promise<XsResult<void>>)[] = [
+      () => dom0.mkdir(be, tx),
+      () => dom0.setPerms(be, [{ id: vif.backendDomid, perm: 'n' }, { id: vif.frontendDomid, perm: 'r' }], tx),
+      () => dom0.write(`${be}/${VifKey.frontend}`, fe, tx),
+      () => dom0.write(`${be}/${VifKey.frontendId}`, String(vif.frontendDomid), tx),
+      () => dom0.write(`${be}/${VifKey.handle}`, String(vif.devid), tx),
+      () => dom0.write(`${be}/${VifKey.mac}`, vif.mac, tx),
+      () => dom0.write(`${be}/${VifKey.online}`, '1', tx),
+      () => dom0.write(`${be}/${VifKey.state}`, String(XenbusStateInitialising), tx),
+      () => dom0.write(`${be}/${VifKey.hotplugStatus}`, 'connected', tx),
+    ];
+    for (const step of steps) {
+      const r = await step();
+      if (!r.ok) return r;
+    }
+    return { ok: true, value: undefined };
+  });
+}
+
 // ---- The running system -----------------------------------------------------------------------------------
 
 const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
@@ -397,39 +496,95 @@ function message(e: unknown): string {
   return e instanceof Error ? e.message : String(e);
 }
 
+/** One backend worker's life: its worker, channels, control proxy, and what it reported before it died. */
+export interface BackendIncarnation {
+  /** 0 for the first backend, then one more per restart. */
+  readonly index: number;
+  readonly worker: Worker;
+  readonly xs: XenstoreChannel;
+  readonly port: MessagePort;
+  readonly api: Comlink.Remote<BackendApi>;
+  readonly exit: Promise<void>;
+  /** Why the worker is gone (crash, exit, or killed by the toolstack), or null while it lives. */
+  dead: string | null;
+  /** The toolstack killed it (a fault), as opposed to a crash. */
+  injected: boolean;
+  /** finish() was called: its exit is expected. */
+  finishing: boolean;
+  /** The last stats it answered (the audit figures of a backend that died). */
+  lastStats: BackendStats | null;
+}
+
+/** What a backend kill and restart did. */
+export interface BackendRestartReport {
+  /** Ports of the dead backend closed (evtchn_destroy). */
+  readonly portsClosed: number;
+  /** Grant entries whose GTF_reading/GTF_writing were cleared (gnttab_release_mappings). */
+  readonly mappingsReleased: number;
+  /** Guests that went Closed and reconnected to the new backend. */
+  readonly reconnected: number;
+  readonly ms: number;
+  /** What went wrong (a guest that did not close or reconnect in time), empty when all went well. */
+  readonly problems: readonly string[];
+}
+
+/** What a guest kill did. */
+export interface GuestKillReport {
+  readonly domid: number;
+  /** Grants the dead guest had given the backend and never got back. */
+  readonly outstanding: number;
+  /** Ports of the dead guest closed. */
+  readonly portsClosed: number;
+  /** Of its refs, how many the backend still mapped when the hypervisor forgot it. */
+  readonly stillMapped: number;
+}
+
+/** A guest that was killed: its domain, its counters at death, and whether the backend let go of its grants. */
+export interface DeadGuest {
+  readonly domid: number;
+  readonly report: GuestReport;
+  readonly table: SharedArrayBuffer | null;
+}
+
 /** The built system: the xenstore, the backend worker, the guest pool and the guests' domains. */
 export class Toolstack {
   private readonly errors: string[] = [];
   private readonly notes: string[] = [];
   /** Why a guest's task was rejected (piscina or worker failure), by domid. */
   private readonly taskErrors = new Map<number, string>();
-  private backendDead: string | null = null;
-  private backendExit: Promise<void>;
-  private tasks: Promise<GuestReport | null>[] = [];
+  private readonly tasks = new Map<number, Promise<GuestReport | null>>();
+  /** Guest grant tables as the guests registered them, by domid (the hypervisor's view, for domain_kill). */
+  readonly tables = new Map<number, SharedArrayBuffer>();
+  /** Guests killed so far, in order. */
+  readonly dead: DeadGuest[] = [];
+  /** Every backend that ran, in order; the last is the current one. */
+  readonly backends: BackendIncarnation[] = [];
   private closed = false;
-  private trafficStart: GuestSample[] | null = null;
+  private running = false;
+  private readonly trafficStart = new Map<number, GuestSample>();
   private t0 = 0;
   private trafficSeconds = 0;
   private packets = 0;
   private bytes = 0;
   private drainReport: DrainReport | null = null;
+  private nextDomid: number;
+  // Grant-return ports of a new backend for guests that have not reattached yet, and when they may.
+  private readonly reattachPorts = new Map<number, MessagePort>();
+  private reattachReady: Promise<void> = Promise.resolve();
+  private restarting = false;
 
   private constructor(
     readonly opts: ToolstackOptions,
     private readonly store: XenStore,
     private readonly dom0: XenstoreClient,
-    private readonly evtchn: EvtchnHost,
-    private readonly backendWorker: Worker,
-    private readonly backendXs: XenstoreChannel,
-    private readonly backendPort: MessagePort,
-    private readonly backend: Comlink.Remote<BackendApi>,
+    readonly evtchn: EvtchnHost,
+    private readonly backendConfig: BackendConfig,
     private readonly pool: Piscina<GuestTask, GuestReport>,
-    readonly domains: readonly GuestDomain[],
+    readonly domains: GuestDomain[],
+    private readonly build: GuestBuildOptions,
   ) {
-    this.backendExit = new Promise((resolve) => backendWorker.once('exit', () => resolve()));
-    backendWorker.on('error', (e) => {
-      this.backendDead ??= `backend worker crashed: ${message(e)}`;
-    });
+    this.nextDomid = domains.length + 1;
+    this.spawnBackend();
   }
 
   /** Builds everything and starts the guests' tasks (they connect, then wait for PHASE_RUN). */
@@ -438,7 +593,7 @@ export class Toolstack {
     const conn = store.connect(BACKEND_DOMID);
     if (!conn.ok) throw new Error(`cannot connect dom0 to the xenstore: ${conn.error}`);
     const dom0 = XenstoreClient.local(conn.value);
-    const evtchn = EvtchnHost.create({ maxDomains: opts.guests + 1 });
+    const evtchn = EvtchnHost.create({ maxDomains: opts.guests + 1 + (opts.extraDomains ?? 0) });
     const threads = Math.max(1, Math.min(opts.guests, opts.guestThreads ?? availableParallelism() - 1));
     const build: GuestBuildOptions = {
       guests: opts.guests,
@@ -456,10 +611,6 @@ export class Toolstack {
     };
     const domains: GuestDomain[] = [];
     for (let d = 1; d <= opts.guests; d++) domains.push(await buildGuestDomain(store, dom0, d, build));
-
-    const backendXs = exposeXenstoreConnection(store, BACKEND_DOMID);
-    if (!backendXs.ok) throw new Error(`cannot open dom0's xenstore connection: ${backendXs.error}`);
-    const control = new MessageChannel();
     const config: BackendConfig = {
       domid: BACKEND_DOMID,
       seed: opts.seed,
@@ -474,17 +625,11 @@ export class Toolstack {
       remote: REMOTE,
       remoteRttMs: opts.remoteRttMs ?? 1,
       nicCompletionDelayMs: opts.nicCompletionDelayMs ?? 0.05,
-      rxDrainTimeoutMs: 10_000,
+      rxDrainTimeoutMs: opts.rxDrainTimeoutMs ?? 10_000,
       uplinkVerify: opts.uplinkVerify ?? true,
       ...(opts.faults !== undefined && { faults: opts.faults }),
       vifRemoveTimeoutMs: opts.closeStepTimeoutMs ?? VIF_REMOVE_TIMEOUT_MS,
     };
-    const init: BackendInit = { config, evtchn: evtchn.buffer, xenstore: backendXs.value.ports, control: control.port2 };
-    const worker = new Worker(new URL('../backend/worker.js', import.meta.url), {
-      workerData: init,
-      transferList: [...backendXs.value.transferList, control.port2],
-    });
-    const backend = Comlink.wrap<BackendApi>(nodeEndpoint(control.port1));
     const pool = new Piscina<GuestTask, GuestReport>({
       filename: fileURLToPath(new URL('../frontend/worker.js', import.meta.url)),
       minThreads: threads,
@@ -493,16 +638,74 @@ export class Toolstack {
       atomics: 'disabled',
       idleTimeout: 1000,
     });
-    const ts = new Toolstack(opts, store, dom0, evtchn, worker, backendXs.value, control.port1, backend, pool, domains);
+    const ts = new Toolstack(opts, store, dom0, evtchn, config, pool, domains, build);
     for (const dom of domains) ts.startGuest(dom);
     return ts;
+  }
+
+  /** The current backend. */
+  get backend(): BackendIncarnation {
+    return this.backends[this.backends.length - 1]!;
+  }
+
+  /** Why the current backend died unexpectedly (a crash), or null. */
+  get backendDead(): string | null {
+    const be = this.backend;
+    return be.injected ? null : be.dead;
+  }
+
+  /** Backend worker deaths the toolstack did not cause. */
+  get backendCrashes(): number {
+    return this.backends.filter((b) => b.dead !== null && !b.injected && !b.finishing).length;
+  }
+
+  // Starts a backend worker with a fresh xenstore connection and control channel.
+  private spawnBackend(): BackendIncarnation {
+    const xs = exposeXenstoreConnection(this.store, BACKEND_DOMID);
+    if (!xs.ok) throw new Error(`cannot open dom0's xenstore connection: ${xs.error}`);
+    const control = new MessageChannel();
+    const init: BackendInit = { config: this.backendConfig, evtchn: this.evtchn.buffer, xenstore: xs.value.ports, control: control.port2 };
+    const url = this.opts.backendWorker ?? new URL('../backend/worker.js', import.meta.url);
+    const worker = new Worker(url, { workerData: init, transferList: [...xs.value.transferList, control.port2] });
+    const api = Comlink.wrap<BackendApi>(nodeEndpoint(control.port1));
+    let exited: () => void = () => {};
+    const exit = new Promise<void>((resolve) => (exited = resolve));
+    const be: BackendIncarnation = {
+      index: this.backends.length,
+      worker,
+      xs: xs.value,
+      port: control.port1,
+      api,
+      exit,
+      dead: null,
+      injected: false,
+      finishing: false,
+      lastStats: null,
+    };
+    worker.on('error', (e) => {
+      be.dead ??= `backend worker crashed: ${message(e)}`;
+    });
+    worker.once('exit', (code) => {
+      if (!be.finishing) be.dead ??= `backend worker exited with code ${code}`;
+      exited();
+    });
+    this.backends.push(be);
+    return be;
   }
 
   private startGuest(dom: GuestDomain): void {
     const api: GuestHostApi = {
       registerGrantTable: async (table: SharedArrayBuffer): Promise<void> => {
+        this.tables.set(dom.domid, table);
         const port = dom.grantBackendPort;
-        await this.guard(this.backend.addDomain(dom.domid, table, dom.memory.sab, Comlink.transfer(port, [port])));
+        await this.guard(this.backend.api.addDomain(dom.domid, table, dom.memory.sab, Comlink.transfer(port, [port])));
+      },
+      reattach: async (): Promise<MessagePort | null> => {
+        await this.reattachReady;
+        const port = this.reattachPorts.get(dom.domid);
+        if (port === undefined) return null;
+        this.reattachPorts.delete(dom.domid);
+        return Comlink.transfer(port, [port]);
       },
     };
     Comlink.expose(api, nodeEndpoint(dom.hostPort));
@@ -516,7 +719,8 @@ export class Toolstack {
       host: dom.hostGuestPort,
     };
     const run = this.pool.run(task, { transferList: [...dom.xenstore.transferList, dom.grantGuestPort, dom.hostGuestPort] });
-    this.tasks.push(
+    this.tasks.set(
+      dom.domid,
       run.then(
         (r) => r,
         (e: unknown) => {
@@ -528,20 +732,29 @@ export class Toolstack {
     );
   }
 
-  /** Resolves once every guest is Connected; throws on a failed guest, a dead backend or the timeout. */
-  async waitConnected(timeoutMs: number): Promise<void> {
+  /** The guests that are not dead. */
+  get liveDomains(): GuestDomain[] {
+    return this.domains.filter((d) => !this.isDead(d.domid));
+  }
+
+  private isDead(domid: number): boolean {
+    return this.dead.some((x) => x.domid === domid);
+  }
+
+  /** Resolves once every live guest is Connected; throws on a failed guest, a dead backend or the timeout. */
+  async waitConnected(timeoutMs: number, doms: readonly GuestDomain[] = this.liveDomains): Promise<void> {
     const end = performance.now() + timeoutMs;
     for (;;) {
       if (this.backendDead !== null) throw new Error(this.backendDead);
       let connected = 0;
-      for (const d of this.domains) {
+      for (const d of doms) {
         const s = d.stats.state;
         if (s === GUEST_FAILED || s === GUEST_DONE) throw new Error(`guest d${d.domid} stopped before connecting${this.errorSuffix()}`);
         if (s === GUEST_CONNECTED) connected++;
       }
-      if (connected === this.domains.length) return;
+      if (connected === doms.length) return;
       if (performance.now() > end) {
-        const late = this.domains.filter((d) => d.stats.state !== GUEST_CONNECTED).map((d) => `d${d.domid}`);
+        const late = doms.filter((d) => d.stats.state !== GUEST_CONNECTED).map((d) => `d${d.domid}`);
         throw new Error(`guests did not connect within ${timeoutMs} ms: ${late.join(', ')}${this.errorSuffix()}`);
       }
       await sleep(5);
@@ -552,7 +765,7 @@ export class Toolstack {
     return this.errors.length === 0 ? '' : ` (${this.errors.join('; ')})`;
   }
 
-  /** Snapshots of every guest's block. */
+  /** Snapshots of every guest's block (dead ones included: their last counters). */
   sample(prev: readonly GuestSample[] | null = null): GuestSample[] {
     const now = performance.now();
     return this.domains.map((d, i) => sampleGuest(d.stats, now, prev?.[i] ?? null));
@@ -562,26 +775,29 @@ export class Toolstack {
   async startTraffic(): Promise<GuestSample[]> {
     await this.waitConnected(this.opts.connectTimeoutMs ?? 20_000);
     const start = this.sample();
-    this.trafficStart = start;
+    for (let i = 0; i < start.length; i++) this.trafficStart.set(this.domains[i]!.domid, start[i]!);
     this.t0 = performance.now();
+    this.running = true;
     for (const d of this.domains) d.stats.setPhase(PHASE_RUN);
     return start;
   }
 
   /** Stops the traffic (PHASE_STOP), counts what was sent since startTraffic, and lets the backend drain. */
   async stopTraffic(): Promise<void> {
+    this.running = false;
     for (const d of this.domains) d.stats.setPhase(PHASE_STOP);
     const t1 = performance.now();
-    const start = this.trafficStart;
-    if (start !== null) {
-      const end = this.sample(start);
+    if (this.trafficStart.size > 0) {
       this.trafficSeconds = (t1 - this.t0) / 1000;
-      for (let i = 0; i < end.length; i++) {
-        this.packets += end[i]!.counters[sTxPackets]! - start[i]!.counters[sTxPackets]!;
-        this.bytes += end[i]!.counters[sTxBytes]! - start[i]!.counters[sTxBytes]!;
+      for (const d of this.domains) {
+        const start = this.trafficStart.get(d.domid);
+        if (start === undefined) continue;
+        const end = sampleGuest(d.stats, t1, start);
+        this.packets += end.counters[sTxPackets]! - start.counters[sTxPackets]!;
+        this.bytes += end.counters[sTxBytes]! - start.counters[sTxBytes]!;
       }
     }
-    this.drainReport = await this.guard(this.backend.drain(this.opts.drainTimeoutMs ?? 5000));
+    this.drainReport = await this.guard(this.backend.api.drain(this.opts.drainTimeoutMs ?? 5000));
     if (!this.drainReport.quiescent) {
       this.notes.push(`backend drain aborted after ${Math.round(this.drainReport.ms)} ms: ${this.drainReport.aborted.join(', ')}`);
     }
@@ -615,6 +831,171 @@ export class Toolstack {
     return this.shutdown();
   }
 
+  /** Asks the current backend for its counters and keeps them (the audit figures of a backend that later dies). */
+  async sampleBackend(): Promise<BackendStats | null> {
+    const be = this.backend;
+    if (be.dead !== null) return be.lastStats;
+    try {
+      const s = await this.guard(be.api.stats(), be);
+      be.lastStats = s;
+      return s;
+    } catch {
+      return be.lastStats;
+    }
+  }
+
+  /** Injects a fault into the running backend. */
+  async backendFault(f: BackendFault): Promise<void> {
+    await this.guard(this.backend.api.fault(f));
+  }
+
+  /**
+   * Kills a guest where it stands (kKill): its task stops without teardown; then the domain is destroyed as Xen and
+   * libxl do: its event channels are closed (evtchn_destroy), the hypervisor forgets it (new maps fail; netback's
+   * mappings stay until the stack frees the pages), and its xenstore home goes with @releaseDomain, so netback sees
+   * the frontend vanish, never notifies it again, and unmaps once the stack has freed the pages.
+   */
+  async killGuest(domid: number): Promise<GuestKillReport> {
+    const d = this.domains.find((x) => x.domid === domid);
+    if (d === undefined || this.isDead(domid)) throw new Error(`no live guest d${domid}`);
+    d.stats.kill();
+    this.evtchn.domain(domid).kickIfSleeping();
+    const limit = this.opts.closeTimeoutMs ?? 10_000;
+    const r = await withTimeout(this.tasks.get(domid)!, limit, () => null);
+    const report = r ?? reportFromSample(domid, sampleGuest(d.stats, 0, null), r === null ? `did not die within ${limit} ms` : 'task failed');
+    this.dead.push({ domid, report, table: this.tables.get(domid) ?? null });
+    const portsClosed = closeDomainPorts(this.evtchn, domid);
+    let stillMapped = 0;
+    if (this.backend.dead === null) {
+      try {
+        stillMapped = await this.guard(this.backend.api.removeDomain(domid));
+      } catch (e) {
+        this.notes.push(`removeDomain d${domid}: ${message(e)}`);
+      }
+    }
+    const destroyed = await toolstackDestroyDomain(this.store, this.dom0, domid);
+    if (!destroyed.ok) this.errors.push(`cannot destroy d${domid}: ${destroyed.error}`);
+    d.xenstore.close();
+    d.hostPort.close();
+    d.grantBackendPort.close();
+    return { domid, outstanding: report.outstanding, portsClosed, stillMapped };
+  }
+
+  /** Builds, starts and connects one more guest (a fresh domid); it transmits if the traffic is running. */
+  async addGuest(): Promise<GuestDomain> {
+    const domid = this.nextDomid++;
+    if (!this.evtchn.isDomain(domid)) throw new Error(`no room for d${domid}: the event-channel host has ${this.evtchn.maxDomains} domains`);
+    const dom = await buildGuestDomain(this.store, this.dom0, domid, this.build);
+    this.domains.push(dom);
+    this.startGuest(dom);
+    await this.waitConnected(this.opts.connectTimeoutMs ?? 20_000, [dom]);
+    if (this.running) {
+      this.trafficStart.set(domid, sampleGuest(dom.stats, performance.now(), null));
+      dom.stats.setPhase(PHASE_RUN);
+    }
+    return dom;
+  }
+
+  /**
+   * The backend worker is killed mid-traffic (worker.terminate()) and replaced. The toolstack plays the hypervisor's
+   * domain_kill for it (every port closed, every mapping released), removes its device directories so each frontend
+   * sees its backend vanish (Closed: netfront tears down and reclaims every grant, end access now succeeding), starts
+   * a new backend worker, introduces every live guest to it (new grant-return channels), re-adds the backend halves
+   * of the vifs, and waits for every guest to reconnect (Closed -> Initialising -> Connected).
+   */
+  async killBackend(): Promise<BackendRestartReport> {
+    const be = this.backend;
+    if (be.dead !== null) throw new Error(`the backend is already dead: ${be.dead}`);
+    await this.sampleBackend();
+    be.injected = true;
+    be.dead = 'killed by the toolstack';
+    await be.worker.terminate();
+    return this.restartBackend();
+  }
+
+  /** Replaces a dead backend (killed, or crashed: then backendCrashes counts it); see killBackend. */
+  async restartBackend(): Promise<BackendRestartReport> {
+    const t0 = performance.now();
+    const old = this.backend;
+    if (old.dead === null) throw new Error('restartBackend: the backend is alive');
+    this.restarting = true;
+    const problems: string[] = [];
+    let ready: () => void = () => {};
+    this.reattachReady = new Promise<void>((resolve) => (ready = resolve));
+    try {
+      old.api[Comlink.releaseProxy]();
+      old.port.close();
+      // The dead domain's xenstore connection goes, and its watches and transactions with it.
+      old.xs.close();
+      const portsClosed = closeDomainPorts(this.evtchn, BACKEND_DOMID);
+      let mappingsReleased = 0;
+      for (const table of this.tables.values()) mappingsReleased += releaseMappings(table, BACKEND_DOMID);
+      const live = this.liveDomains;
+      const connectsBefore = new Map(live.map((d) => [d.domid, counter(d, sConnects)]));
+      // libxl removes the dead backend's device directories: each frontend sees its backend vanish.
+      for (const d of live) {
+        const r = await this.dom0.rm(vifBackendPath(BACKEND_DOMID, d.domid, d.config.devid));
+        if (!r.ok && r.error !== 'ENOENT') problems.push(`cannot remove the backend directory of d${d.domid}: ${r.error}`);
+      }
+      const limit = this.opts.connectTimeoutMs ?? 20_000;
+      const closed = await this.waitFrontends(live, (s) => s === XenbusStateClosed, limit);
+      if (closed.length > 0) problems.push(`frontends not Closed within ${limit} ms: ${closed.join(', ')}`);
+      const be = this.spawnBackend();
+      for (const d of live) {
+        const table = this.tables.get(d.domid);
+        if (table === undefined) continue;
+        const ch = new MessageChannel();
+        this.reattachPorts.get(d.domid)?.close();
+        this.reattachPorts.set(d.domid, ch.port2);
+        await this.guard(be.api.addDomain(d.domid, table, d.memory.sab, Comlink.transfer(ch.port1, [ch.port1])), be);
+      }
+      for (const d of live) {
+        const r = await toolstackReAddVifBackend(this.dom0, {
+          frontendDomid: d.domid,
+          backendDomid: BACKEND_DOMID,
+          devid: d.config.devid,
+          mac: macToString(d.config.self.mac),
+        });
+        if (!r.ok) problems.push(`cannot re-add the vif of d${d.domid}: ${r.error}`);
+      }
+      ready();
+      const end = performance.now() + limit;
+      let pending = live;
+      for (;;) {
+        pending = pending.filter((d) => !this.isDead(d.domid) && counter(d, sConnects) <= connectsBefore.get(d.domid)!);
+        if (pending.length === 0 || performance.now() > end || be.dead !== null) break;
+        await sleep(10);
+      }
+      if (be.dead !== null) problems.push(`the new backend died: ${be.dead}`);
+      if (pending.length > 0) problems.push(`guests not reconnected within ${limit} ms: ${pending.map((d) => `d${d.domid}`).join(', ')}`);
+      for (const p of problems) this.errors.push(`backend restart: ${p}`);
+      return { portsClosed, mappingsReleased, reconnected: live.length - pending.length, ms: performance.now() - t0, problems };
+    } finally {
+      ready();
+      this.restarting = false;
+    }
+  }
+
+  /** Whether a backend restart is under way. */
+  get restartInProgress(): boolean {
+    return this.restarting;
+  }
+
+  // Polls the frontends' xenbus states until `pred` holds for each; returns those for which it did not.
+  private async waitFrontends(doms: readonly GuestDomain[], pred: (s: number) => boolean, ms: number): Promise<string[]> {
+    const end = performance.now() + ms;
+    for (;;) {
+      const late: string[] = [];
+      for (const d of doms) {
+        if (this.isDead(d.domid)) continue;
+        const r = await this.dom0.read(`${vifFrontendPath(d.domid, d.config.devid)}/${VifKey.state}`);
+        if (!r.ok || !pred(Number(r.value))) late.push(`d${d.domid}`);
+      }
+      if (late.length === 0 || performance.now() > end) return late;
+      await sleep(10);
+    }
+  }
+
   /**
    * The orderly end: guests close (taking their last grants back, up to their deadline), the backend removes its
    * vifs and runs the oracle's quiescence check, every worker exits; then the report.
@@ -622,8 +1003,12 @@ export class Toolstack {
   async shutdown(): Promise<SystemReport> {
     const reports = await this.closeGuests();
     let backendReport: BackendReport | null = null;
+    const be = this.backend;
     try {
-      if (this.backendDead === null) backendReport = await this.guard(this.backend.finish());
+      if (be.dead === null) {
+        be.finishing = true;
+        backendReport = await this.guard(be.api.finish(), be);
+      }
     } catch (e) {
       this.errors.push(`backend finish failed: ${message(e)}`);
     }
@@ -650,12 +1035,12 @@ export class Toolstack {
     };
   }
 
-  // A backend call that also fails when the backend worker dies.
-  private async guard<T>(p: Promise<T>): Promise<T> {
+  // A backend call that also fails when that backend worker dies.
+  private async guard<T>(p: Promise<T>, be: BackendIncarnation = this.backend): Promise<T> {
     let poll: ReturnType<typeof setInterval> | undefined;
     const dead = new Promise<never>((_, reject) => {
       poll = setInterval(() => {
-        if (this.backendDead !== null) reject(new Error(this.backendDead));
+        if (be.dead !== null) reject(new Error(be.dead));
       }, 20);
     });
     try {
@@ -665,14 +1050,15 @@ export class Toolstack {
     }
   }
 
-  // PHASE_CLOSE: guests wait for their last grants (up to their deadline), disconnect and report.
+  // PHASE_CLOSE: live guests wait for their last grants (up to their deadline), disconnect and report.
   private async closeGuests(): Promise<GuestReport[]> {
-    for (const d of this.domains) d.stats.setPhase(PHASE_CLOSE);
+    const live = this.liveDomains;
+    for (const d of live) d.stats.setPhase(PHASE_CLOSE);
     const limit = (this.opts.returnDeadlineMs ?? 5000) + (this.opts.closeTimeoutMs ?? 10_000);
-    const results = await withTimeout(Promise.all(this.tasks), limit, () => null);
+    const results = await withTimeout(Promise.all(live.map((d) => this.tasks.get(d.domid)!)), limit, () => null);
     const out: GuestReport[] = [];
-    for (let i = 0; i < this.domains.length; i++) {
-      const d = this.domains[i]!;
+    for (let i = 0; i < live.length; i++) {
+      const d = live[i]!;
       const r = results?.[i] ?? null;
       if (r !== null) {
         out.push(r);
@@ -690,14 +1076,18 @@ export class Toolstack {
     this.closed = true;
     for (const d of this.domains) d.stats.setPhase(PHASE_CLOSE);
     await this.pool.destroy();
-    this.backend[Comlink.releaseProxy]();
-    this.backendPort.close();
-    const exited = await withTimeout(this.backendExit.then(() => true), this.opts.closeTimeoutMs ?? 10_000, () => false);
+    const be = this.backend;
+    be.finishing = true;
+    be.api[Comlink.releaseProxy]();
+    be.port.close();
+    const exited = be.dead !== null || (await withTimeout(be.exit.then(() => true), this.opts.closeTimeoutMs ?? 10_000, () => false));
     if (!exited) {
       this.errors.push('backend worker did not exit by itself');
-      await this.backendWorker.terminate();
+      await be.worker.terminate();
     }
-    this.backendXs.close();
+    be.xs.close();
+    for (const p of this.reattachPorts.values()) p.close();
+    this.reattachPorts.clear();
     for (const d of this.domains) {
       d.hostPort.close();
       d.xenstore.close();
@@ -707,6 +1097,10 @@ export class Toolstack {
     this.dom0.close();
     void this.store;
   }
+}
+
+function counter(d: GuestDomain, index: number): number {
+  return sampleGuest(d.stats, 0, null).counters[index]!;
 }
 
 /** Boots the system for `npm start` (tools/start.ts). */
