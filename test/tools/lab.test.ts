@@ -201,6 +201,7 @@ function measureOf(over: Partial<RunMeasure> = {}): RunMeasure {
     firstViolation: null,
     promptness: { returned: 5, heldLate: 2, steps: { p50: 1, p99: 4, max: 6 }, ms: { p50: 0.1, p99: 0.4, max: 0.6 }, meanSteps: 1.5 },
     lateMeanSteps: 1.5,
+    events: {},
     stats: COUNTERS,
     zerocopyCompletions: 8,
     copiedCompletions: 2,
@@ -284,14 +285,13 @@ test('every claim row has the claim, its source, a rule and a verdict; without i
   t.is(claim(cs, 'rusty-page').verdict, 'not measured: design rusty-page with a system workload is not in this run');
 });
 
-test('tcp-refs: 20 gets per grant in tcp-loss holds; only under software GSO "holds only with software GSO"; else not', (t) => {
-  const tcp = (g: number): LabResult => rowOf('rusty', 'tcp-loss', { pageGetsPerGrant: g });
-  const gso = (g: number): LabResult => rowOf('rusty', 'gso-no-tso', { pageGetsPerGrant: g });
+test('tcp-refs: 20 gets per grant in tcp-loss holds, fewer does not; measured with rusty, else the first safe design', (t) => {
+  const tcp = (g: number, d = 'rusty', over: Partial<LabResult> = {}): LabResult => rowOf(d, 'tcp-loss', { pageGetsPerGrant: g, ...over });
   t.is(claim(claimsOf([tcp(20)]), 'tcp-refs').verdict, 'holds');
   t.is(claim(claimsOf([tcp(19.9)]), 'tcp-refs').verdict, 'does not hold');
-  t.is(claim(claimsOf([tcp(3), gso(25)]), 'tcp-refs').verdict, 'holds only with software GSO');
-  t.is(claim(claimsOf([tcp(3), gso(5)]), 'tcp-refs').verdict, 'does not hold');
-  t.is(claim(claimsOf([tcp(3)]), 'tcp-refs').figures['getsPerGrant'], 3);
+  t.is(claim(claimsOf([tcp(30, 'naive', { safe: false }), tcp(3)]), 'tcp-refs').figures['getsPerGrant'], 3);
+  t.is(claim(claimsOf([tcp(30, 'naive', { safe: false }), tcp(4, 'ubuf')]), 'tcp-refs').figures['getsPerGrant'], 4);
+  t.regex(claim(claimsOf([tcp(3)]), 'tcp-refs').measured, /^3 get_page and 1 put_page per mapped grant \(rusty, tcp-loss, 5 grants; /);
 });
 
 test('mainline-copies: 95% copied completions under both tap and flood hold; one of them holds only there', (t) => {

@@ -63,23 +63,20 @@ const TCP_REFS = {
   id: 'tcp-refs',
   claim: 'a page is referenced by TCP about 20 times or more during transmit',
   source: 'Bolkhovitin, net_priv patch (seed 002)',
-  rule: 'holds if get_page calls per mapped grant reach 20 in tcp-loss; holds only with software GSO if only gso-no-tso reaches 20; else does not hold',
+  rule: 'holds if get_page calls per mapped grant (netback\'s own included) reach 20 in tcp-loss; else does not hold',
   timed: false,
 } as const;
 
 function tcpRefs(results: readonly LabResult[]): Claim {
   const tcp = referenceRow(results, 'tcp-loss');
   if (tcp === undefined) return notMeasured(TCP_REFS, 'workload tcp-loss is not in this run');
-  const gso = referenceRow(results, 'gso-no-tso');
   const refs = tcp.pageGetsPerGrant;
   const puts = tcp.grants > 0 ? (tcp.counters['pagePuts'] ?? 0) / tcp.grants : 0;
-  let verdict: string = DOES_NOT_HOLD;
-  if (refs >= 20) verdict = HOLDS;
-  else if (gso !== undefined && gso.pageGetsPerGrant >= 20) verdict = 'holds only with software GSO';
+  const e = tcp.events;
   const measured =
-    `${fmt(refs)} get_page and ${fmt(puts)} put_page per mapped grant (${tcp.design}, tcp-loss, ${tcp.grants} grants)` +
-    (gso === undefined ? '' : `; ${fmt(gso.pageGetsPerGrant)} gets per grant with software GSO (gso-no-tso)`);
-  return { ...TCP_REFS, measured, verdict, figures: { getsPerGrant: refs, putsPerGrant: puts, gsoGetsPerGrant: gso?.pageGetsPerGrant ?? null } };
+    `${fmt(refs)} get_page and ${fmt(puts)} put_page per mapped grant (${tcp.design}, tcp-loss, ${tcp.grants} grants; ` +
+    `${e['tcpRetransmits'] ?? 0} retransmits, ${e['tcpPartialAcks'] ?? 0} partial ACKs, ${e['tcpFragments'] ?? 0} tcp_fragment splits)`;
+  return { ...TCP_REFS, measured, verdict: refs >= 20 ? HOLDS : DOES_NOT_HOLD, figures: { getsPerGrant: refs, putsPerGrant: puts } };
 }
 
 const HASH_VS_COPY = {

@@ -65,6 +65,7 @@ export function runOps(d: LabDesign, runs: number, seed: number): RunMeasure {
   let steps = 0;
   let lateTotal = 0;
   let wallMs = 0;
+  let failingRuns = 0;
   let firstSeed = -1;
   let firstOps: readonly OpRecord[] = [];
   let firstResult: ReturnType<typeof executeOps> | null = null;
@@ -88,6 +89,7 @@ export function runOps(d: LabDesign, runs: number, seed: number): RunMeasure {
     other += r.dataMismatches + r.errors;
     steps += r.steps;
     lateTotal += r.lateTotal;
+    if (r.violations > 0) failingRuns++;
     if (r.violations > 0 && firstResult === null) {
       firstSeed = s;
       firstOps = ops;
@@ -115,6 +117,7 @@ export function runOps(d: LabDesign, runs: number, seed: number): RunMeasure {
     otherFailures: other,
     firstViolation: first,
     promptness: null,
+    events: { runs, failingRuns },
     // The executor's lateTotal sums, over steps, the grants unreachable but not yet back: the sum of their delays
     // (grants netback answers at once never count, so the mean is per design-managed grant).
     lateMeanSteps: pages === 0 ? 0 : lateTotal / pages,

@@ -52,6 +52,8 @@ export interface LabResult {
   readonly steps: number;
   readonly virtualMs: number;
   readonly notes: readonly string[];
+  /** What the workload made the system do (retransmits, partial ACKs, flood clones, tap captures, ...). */
+  readonly events: Readonly<Record<string, number>>;
   /** Every SkbStats counter of the run. */
   readonly counters: Readonly<Record<string, number>>;
 }
@@ -119,6 +121,7 @@ export function toResult(d: LabDesign, workload: string, m: RunMeasure): LabResu
     steps: m.steps,
     virtualMs: m.virtualMs,
     notes: m.notes,
+    events: m.events,
     counters: m.stats,
   };
 }

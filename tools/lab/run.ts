@@ -30,6 +30,8 @@ export interface RunMeasure {
   readonly promptness: PromptnessSummary | null;
   /** Mean delay in steps from unreachable to returned (both kinds of run). */
   readonly lateMeanSteps: number;
+  /** What the workload made the system do (retransmits, partial ACKs, flood clones, tap captures, ...). */
+  readonly events: Readonly<Record<string, number>>;
   /** SkbStats counters at the end (allocs, page gets/puts, destructor calls, bytes copied, ...). */
   readonly stats: Readonly<Record<string, number>>;
   /** Zerocopy completions and those that completed as copied (success = false). */

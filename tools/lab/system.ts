@@ -165,6 +165,31 @@ export function runSystem(d: LabDesign, w: SystemWorkload, seconds: number, seed
   return measure(rig, tracker, error, notes, step, Math.max(0, wallMs - checkMs), clock);
 }
 
+/** What the workload made the system do: the counters that show each workload exercises what it is named for. */
+function workloadEvents(rig: OneThreadRig): Record<string, number> {
+  const st = rig.dom0.stack.stats;
+  const ep = rig.dom0.endpoint.stats;
+  let rxQueueFull = 0;
+  let rxDropped = 0;
+  for (const g of rig.guests) {
+    rxQueueFull += g.vif.stats.rxQueueFull;
+    rxDropped += g.vif.stats.txDropped + g.vif.stats.rxDropped;
+  }
+  return {
+    tcpRetransmits: ep.retransmits,
+    tcpPartialAcks: ep.partialAcks,
+    tcpFragments: ep.fragments,
+    tcpPskbCopies: ep.pskbCopies,
+    floodClones: st.bridge.floodClones,
+    tapCaptured: st.tap?.captured ?? 0,
+    nicSegmented: st.nic.segmented,
+    nicTsoFrames: st.nic.tsoFrames,
+    wireLost: st.nic.lost,
+    rxQueueFull,
+    rxDropped,
+  };
+}
+
 function measure(rig: OneThreadRig | null, tracker: PromptnessTracker, error: string | null, notes: string[], steps: number, wallMs: number, clock: Clock): RunMeasure {
   let packets = 0;
   let bytes = 0;
@@ -177,8 +202,10 @@ function measure(rig: OneThreadRig | null, tracker: PromptnessTracker, error: st
   let mapped = 0;
   let first: string | null = error;
   let stats: Record<string, number> = {};
+  let events: Record<string, number> = {};
   const guests: GuestCounts[] = [];
   if (rig !== null) {
+    events = workloadEvents(rig);
     for (const g of rig.guests) {
       guests.push({ domid: g.domid, txPackets: g.nf.stats.txPackets, rxPackets: g.nf.stats.rxPackets });
       packets += g.nf.stats.txPackets;
@@ -215,6 +242,7 @@ function measure(rig: OneThreadRig | null, tracker: PromptnessTracker, error: st
     otherFailures: corrupt + (error === null ? 0 : 1),
     firstViolation: first,
     promptness: p,
+    events,
     lateMeanSteps: p.meanSteps,
     stats,
     zerocopyCompletions: zcSent,
