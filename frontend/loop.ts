@@ -58,21 +58,25 @@ export const kKill = 3;
 export const kRxMode = 4;
 /** Int32 word, toolstack → guest: bumped to make the guest revoke TX grants the backend still maps (a fault). */
 export const kRevoke = 5;
-/** Int32 word, toolstack → guest: nonzero while the guest floods its event channel (a fault). */
+/** Int32 word, toolstack → guest: notifications per ms while the guest floods its event channel (0: no storm). */
 export const kStorm = 6;
 /** Int32 word, guest → toolstack: the threadId of the worker the guest runs on. */
 export const kThreadId = 7;
+/** Int32 word, toolstack → guest: a slow receiver takes one RX response every this many ms. */
+export const kRxEveryMs = 8;
+/** Int32 word, toolstack → guest: at most this many grants per revoke (0: every mapped TX grant). */
+export const kRevokeMax = 9;
 
 /** kRxMode: take every RX response as it comes. */
 export const RX_NORMAL = 0;
-/** kRxMode: a slow receiver, one RX response per SLOW_RX_INTERVAL_MS (buffers are re-posted as slowly). */
+/** kRxMode: a slow receiver, one RX response per kRxEveryMs (buffers are re-posted as slowly). */
 export const RX_SLOW = 1;
 /** kRxMode: a stalled receiver (a process stopped with ctrl-Z): no RX response taken, no buffer re-posted. */
 export const RX_STALLED = 2;
-/** How often a slow receiver takes one RX response, ms. */
+/** How often a slow receiver takes one RX response when kRxEveryMs is 0, ms. */
 export const SLOW_RX_INTERVAL_MS = 5;
-/** Notifications an event storm sends per loop round. */
-export const STORM_NOTIFIES_PER_ROUND = 256;
+/** Most notifications an event storm sends in one loop round (a round late by seconds must not flood for seconds). */
+export const STORM_MAX_PER_ROUND = 4096;
 /** How long a revoke keeps looking for a TX grant the backend maps, ms. */
 export const REVOKE_SEARCH_MS = 2000;
 /** Bytes before the Float64 counters (one cache line of control words). */
@@ -193,9 +197,15 @@ export class GuestStatsBlock {
     return Atomics.load(this.ctl, kRxMode);
   }
 
-  /** Sets the RX mode (toolstack). */
-  setRxMode(mode: number): void {
+  /** Sets the RX mode (toolstack); `everyMs` is a slow receiver's pace. */
+  setRxMode(mode: number, everyMs = SLOW_RX_INTERVAL_MS): void {
+    Atomics.store(this.ctl, kRxEveryMs, everyMs);
     Atomics.store(this.ctl, kRxMode, mode);
+  }
+
+  /** A slow receiver's pace, ms. Any thread. */
+  get rxEveryMs(): number {
+    return Atomics.load(this.ctl, kRxEveryMs) || SLOW_RX_INTERVAL_MS;
   }
 
   /** The revoke request counter (toolstack bumps it; the guest acts on each change). Any thread. */
@@ -203,19 +213,25 @@ export class GuestStatsBlock {
     return Atomics.load(this.ctl, kRevoke);
   }
 
-  /** Asks the guest to revoke TX grants the backend still maps (toolstack). */
-  requestRevoke(): void {
+  /** Asks the guest to revoke up to `max` TX grants the backend still maps (0: all of them) (toolstack). */
+  requestRevoke(max = 0): void {
+    Atomics.store(this.ctl, kRevokeMax, max);
     Atomics.add(this.ctl, kRevoke, 1);
   }
 
-  /** Whether the guest floods its event channel. Any thread. */
-  get storm(): boolean {
-    return Atomics.load(this.ctl, kStorm) !== 0;
+  /** At most this many grants per revoke (0: all). Any thread. */
+  get revokeMax(): number {
+    return Atomics.load(this.ctl, kRevokeMax);
   }
 
-  /** Starts or stops the event storm (toolstack). */
-  setStorm(on: boolean): void {
-    Atomics.store(this.ctl, kStorm, on ? 1 : 0);
+  /** Notifications per ms of the event storm (0: none). Any thread. */
+  get storm(): number {
+    return Atomics.load(this.ctl, kStorm);
+  }
+
+  /** Starts an event storm of `perMs` notifications per ms, or stops it with 0 (toolstack). */
+  setStorm(perMs: number): void {
+    Atomics.store(this.ctl, kStorm, perMs);
   }
 
   /** The threadId of the worker the guest runs on (0 before it started). Any thread. */
@@ -628,6 +644,7 @@ export class GuestFaults {
   private revoking = false;
   private readonly pending = new Set<number>();
   private lastSlowRx = -Infinity;
+  private lastStorm = -Infinity;
 
   constructor(
     private readonly block: GuestStatsBlock,
@@ -652,7 +669,7 @@ export class GuestFaults {
       case RX_STALLED:
         return 0;
       case RX_SLOW:
-        if (now - this.lastSlowRx < SLOW_RX_INTERVAL_MS) return 0;
+        if (now - this.lastSlowRx < this.block.rxEveryMs) return 0;
         this.lastSlowRx = now;
         return 1;
       default:
@@ -664,10 +681,17 @@ export class GuestFaults {
   round(now: number, nf: Netfront): number {
     let did = 0;
     const port = nf.eventChannel;
-    if (this.block.storm && port >= 0) {
-      for (let i = 0; i < STORM_NOTIFIES_PER_ROUND; i++) this.evtchn.notify(port);
-      this.counters.stormNotifies += STORM_NOTIFIES_PER_ROUND;
-      did += STORM_NOTIFIES_PER_ROUND;
+    const perMs = this.block.storm;
+    if (perMs > 0 && port >= 0) {
+      // n per ms of the time since the last round (at least one round's worth at once, at most the cap).
+      const since = this.lastStorm === -Infinity ? 1 : now - this.lastStorm;
+      const n = Math.min(STORM_MAX_PER_ROUND, Math.max(1, Math.round(perMs * since)));
+      for (let i = 0; i < n; i++) this.evtchn.notify(port);
+      this.counters.stormNotifies += n;
+      did += n;
+      this.lastStorm = now;
+    } else {
+      this.lastStorm = -Infinity;
     }
     const seq = this.block.revokeSeq;
     if (seq !== this.revokeSeen) {
@@ -682,12 +706,16 @@ export class GuestFaults {
     return did;
   }
 
-  /** Ends access to every TX grant (read-only, to the backend) the backend maps right now; returns how many were refused. */
-  revokeMapped(): number {
+  /**
+   * Ends access to TX grants (read-only, to the backend) the backend maps right now, at most `max` (0: all); returns
+   * how many were refused.
+   */
+  revokeMapped(max = this.block.revokeMax): number {
     let refused = 0;
     this.revoking = true;
     try {
       for (const g of this.gnttab.query().outstanding) {
+        if (max > 0 && refused >= max) break;
         if (!g.readonly || !g.inUse || g.domid !== this.backendDomid || this.pending.has(g.ref)) continue;
         if (this.gnttab.endForeignAccessRef(g.ref)) {
           this.gnttab.grantForeignAccessRef(g.ref, g.domid, g.frame, true);
@@ -706,7 +734,7 @@ export class GuestFaults {
 
   /** When a slow receiver next takes a response (Infinity otherwise). */
   nextDeadline(): number {
-    return this.block.rxMode === RX_SLOW ? this.lastSlowRx + SLOW_RX_INTERVAL_MS : Infinity;
+    return this.block.rxMode === RX_SLOW ? this.lastSlowRx + this.block.rxEveryMs : Infinity;
   }
 
   /** Writes the counters into the stats block's array. */

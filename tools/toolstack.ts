@@ -539,6 +539,17 @@ export interface GuestKillReport {
   readonly stillMapped: number;
 }
 
+interface ReleaseOutcome {
+  readonly portsClosed: number;
+  readonly mappingsReleased: number;
+  readonly problems: readonly string[];
+}
+
+interface StartOutcome {
+  readonly reconnected: number;
+  readonly problems: readonly string[];
+}
+
 /** A guest that was killed: its domain, its counters at death, and whether the backend let go of its grants. */
 export interface DeadGuest {
   readonly domid: number;
@@ -571,6 +582,7 @@ export class Toolstack {
   // Grant-return ports of a new backend for guests that have not reattached yet, and when they may.
   private readonly reattachPorts = new Map<number, MessagePort>();
   private reattachReady: Promise<void> = Promise.resolve();
+  private releaseReattach: () => void = () => {};
   private restarting = false;
 
   private constructor(
@@ -878,7 +890,21 @@ export class Toolstack {
     d.xenstore.close();
     d.hostPort.close();
     d.grantBackendPort.close();
+    void this.removeBackendDirWhenClosed(d);
     return { domid, outstanding: report.outstanding, portsClosed, stillMapped };
+  }
+
+  // libxl__device_destroy: once netback has closed the dead guest's vif (after the stack freed its pages), the
+  // backend directory goes too (bounded: a backend that never closes it loses it at its netback's drain timeout).
+  private async removeBackendDirWhenClosed(d: GuestDomain): Promise<void> {
+    const dir = vifBackendPath(BACKEND_DOMID, d.domid, d.config.devid);
+    const end = performance.now() + (this.opts.rxDrainTimeoutMs ?? 10_000) + 10_000;
+    while (!this.closed && performance.now() < end) {
+      const r = await this.dom0.read(`${dir}/${VifKey.state}`);
+      if (!r.ok || r.value === String(XenbusStateClosed)) break;
+      await sleep(50);
+    }
+    if (!this.closed) await this.dom0.rm(dir);
   }
 
   /** Builds, starts and connects one more guest (a fresh domid); it transmits if the traffic is running. */
@@ -897,50 +923,92 @@ export class Toolstack {
   }
 
   /**
-   * The backend worker is killed mid-traffic (worker.terminate()) and replaced. The toolstack plays the hypervisor's
-   * domain_kill for it (every port closed, every mapping released), removes its device directories so each frontend
-   * sees its backend vanish (Closed: netfront tears down and reclaims every grant, end access now succeeding), starts
-   * a new backend worker, introduces every live guest to it (new grant-return channels), re-adds the backend halves
-   * of the vifs, and waits for every guest to reconnect (Closed -> Initialising -> Connected).
+   * The backend worker is killed mid-traffic (worker.terminate()) and replaced. `releaseMs` after its death the
+   * toolstack plays the hypervisor's domain_kill for it (every port closed, every mapping released) and removes its
+   * device directories, so each frontend sees its backend vanish (Closed: netfront tears down and reclaims every
+   * grant, end access now succeeding); `restartMs` after its death (at least after the release) a new backend
+   * worker starts, every live guest is introduced to it (new grant-return channels), the backend halves of the vifs
+   * come back, and every guest reconnects (Closed -> Initialising -> Connected).
    */
-  async killBackend(): Promise<BackendRestartReport> {
+  async killBackend(releaseMs = 0, restartMs = 0): Promise<BackendRestartReport> {
     const be = this.backend;
     if (be.dead !== null) throw new Error(`the backend is already dead: ${be.dead}`);
-    await this.sampleBackend();
-    be.injected = true;
-    be.dead = 'killed by the toolstack';
-    await be.worker.terminate();
-    return this.restartBackend();
+    const t0 = performance.now();
+    this.restarting = true;
+    try {
+      await this.sampleBackend();
+      be.injected = true;
+      be.dead = 'killed by the toolstack';
+      await be.worker.terminate();
+      await sleep(Math.max(0, t0 + releaseMs - performance.now()));
+      const released = await this.releaseDeadBackend();
+      await sleep(Math.max(0, t0 + restartMs - performance.now()));
+      const started = await this.startNewBackend();
+      return this.restartReport(t0, released, started);
+    } finally {
+      this.restarting = false;
+    }
   }
 
-  /** Replaces a dead backend (killed, or crashed: then backendCrashes counts it); see killBackend. */
+  /** Replaces a dead backend (killed, or crashed: then backendCrashes counts it) at once; see killBackend. */
   async restartBackend(): Promise<BackendRestartReport> {
+    if (this.backend.dead === null) throw new Error('restartBackend: the backend is alive');
     const t0 = performance.now();
-    const old = this.backend;
-    if (old.dead === null) throw new Error('restartBackend: the backend is alive');
     this.restarting = true;
+    try {
+      const released = await this.releaseDeadBackend();
+      const started = await this.startNewBackend();
+      return this.restartReport(t0, released, started);
+    } finally {
+      this.restarting = false;
+    }
+  }
+
+  private restartReport(t0: number, released: ReleaseOutcome, started: StartOutcome): BackendRestartReport {
+    const problems = [...released.problems, ...started.problems];
+    for (const p of problems) this.errors.push(`backend restart: ${p}`);
+    return {
+      portsClosed: released.portsClosed,
+      mappingsReleased: released.mappingsReleased,
+      reconnected: started.reconnected,
+      ms: performance.now() - t0,
+      problems,
+    };
+  }
+
+  // domain_kill of the dead backend: its control and xenstore connections go, its ports close, its mappings are
+  // released; then libxl removes its device directories and every live frontend goes Closed.
+  private async releaseDeadBackend(): Promise<ReleaseOutcome> {
+    const old = this.backend;
     const problems: string[] = [];
     let ready: () => void = () => {};
     this.reattachReady = new Promise<void>((resolve) => (ready = resolve));
+    this.releaseReattach = ready;
+    old.api[Comlink.releaseProxy]();
+    old.port.close();
+    old.xs.close();
+    const portsClosed = closeDomainPorts(this.evtchn, BACKEND_DOMID);
+    let mappingsReleased = 0;
+    for (const table of this.tables.values()) mappingsReleased += releaseMappings(table, BACKEND_DOMID);
+    const live = this.liveDomains;
+    // Dead guests' directories go too: the new backend must not probe a vif whose frontend is gone.
+    for (const d of this.domains) {
+      const r = await this.dom0.rm(vifBackendPath(BACKEND_DOMID, d.domid, d.config.devid));
+      if (!r.ok && r.error !== 'ENOENT') problems.push(`cannot remove the backend directory of d${d.domid}: ${r.error}`);
+    }
+    const limit = this.opts.connectTimeoutMs ?? 20_000;
+    const late = await this.waitFrontends(live, (s) => s === XenbusStateClosed, limit);
+    if (late.length > 0) problems.push(`frontends not Closed within ${limit} ms: ${late.join(', ')}`);
+    return { portsClosed, mappingsReleased, problems };
+  }
+
+  // A new backend worker: every live guest introduced to it, the vifs' backend halves re-added, every guest reconnected.
+  private async startNewBackend(): Promise<StartOutcome> {
+    const problems: string[] = [];
+    const live = this.liveDomains;
+    const connectsBefore = new Map(live.map((d) => [d.domid, counter(d, sConnects)]));
+    const be = this.spawnBackend();
     try {
-      old.api[Comlink.releaseProxy]();
-      old.port.close();
-      // The dead domain's xenstore connection goes, and its watches and transactions with it.
-      old.xs.close();
-      const portsClosed = closeDomainPorts(this.evtchn, BACKEND_DOMID);
-      let mappingsReleased = 0;
-      for (const table of this.tables.values()) mappingsReleased += releaseMappings(table, BACKEND_DOMID);
-      const live = this.liveDomains;
-      const connectsBefore = new Map(live.map((d) => [d.domid, counter(d, sConnects)]));
-      // libxl removes the dead backend's device directories: each frontend sees its backend vanish.
-      for (const d of live) {
-        const r = await this.dom0.rm(vifBackendPath(BACKEND_DOMID, d.domid, d.config.devid));
-        if (!r.ok && r.error !== 'ENOENT') problems.push(`cannot remove the backend directory of d${d.domid}: ${r.error}`);
-      }
-      const limit = this.opts.connectTimeoutMs ?? 20_000;
-      const closed = await this.waitFrontends(live, (s) => s === XenbusStateClosed, limit);
-      if (closed.length > 0) problems.push(`frontends not Closed within ${limit} ms: ${closed.join(', ')}`);
-      const be = this.spawnBackend();
       for (const d of live) {
         const table = this.tables.get(d.domid);
         if (table === undefined) continue;
@@ -958,22 +1026,22 @@ export class Toolstack {
         });
         if (!r.ok) problems.push(`cannot re-add the vif of d${d.domid}: ${r.error}`);
       }
-      ready();
-      const end = performance.now() + limit;
-      let pending = live;
-      for (;;) {
-        pending = pending.filter((d) => !this.isDead(d.domid) && counter(d, sConnects) <= connectsBefore.get(d.domid)!);
-        if (pending.length === 0 || performance.now() > end || be.dead !== null) break;
-        await sleep(10);
-      }
-      if (be.dead !== null) problems.push(`the new backend died: ${be.dead}`);
-      if (pending.length > 0) problems.push(`guests not reconnected within ${limit} ms: ${pending.map((d) => `d${d.domid}`).join(', ')}`);
-      for (const p of problems) this.errors.push(`backend restart: ${p}`);
-      return { portsClosed, mappingsReleased, reconnected: live.length - pending.length, ms: performance.now() - t0, problems };
+    } catch (e) {
+      problems.push(`the new backend: ${message(e)}`);
     } finally {
-      ready();
-      this.restarting = false;
+      this.releaseReattach();
     }
+    const limit = this.opts.connectTimeoutMs ?? 20_000;
+    const end = performance.now() + limit;
+    let pending = live;
+    for (;;) {
+      pending = pending.filter((d) => !this.isDead(d.domid) && counter(d, sConnects) <= connectsBefore.get(d.domid)!);
+      if (pending.length === 0 || performance.now() > end || be.dead !== null) break;
+      await sleep(10);
+    }
+    if (be.dead !== null) problems.push(`the new backend died: ${be.dead}`);
+    if (pending.length > 0) problems.push(`guests not reconnected within ${limit} ms: ${pending.map((d) => `d${d.domid}`).join(', ')}`);
+    return { reconnected: live.length - pending.length, problems };
   }
 
   /** Whether a backend restart is under way. */
