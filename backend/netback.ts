@@ -312,8 +312,9 @@ export class XenvifTxQueue {
   private readonly extraScratch: ExtraInfoFields = ExtraInfo.create();
   private readonly extras: ExtraInfoFields[] = [];
   private readonly extraPresent = new Uint8Array(EXTRA_SLOTS);
+  // Whether extraPresent has a bit set (clearing it costs a fill call per packet otherwise).
+  private extrasSeen = false;
   private readonly copyOps: GrantCopyOp[] = [];
-  private readonly copyBatch: GrantCopyOp[] = [];
   private nCopyOps = 0;
   private readonly mapOps: GrantMapOp[] = [];
   private readonly mapIdx = new Uint16Array(MAX_PENDING_REQS);
@@ -412,7 +413,7 @@ export class XenvifTxQueue {
     this.vif.events.returned(this.retPages, n);
     for (let i = 0; i < n; i++) this.recyclePage(this.retIdx[i]!);
     for (let i = 0; i < n; i++) this.idxRelease(this.retIdx[i]!, XEN_NETIF_RSP_OKAY);
-    this.retPages.length = 0;
+    clearArray(this.retPages);
     this.flushResponses();
     return n;
   }
@@ -451,7 +452,10 @@ export class XenvifTxQueue {
       ring.consumeRequests(1);
       workToDo--;
 
-      this.extraPresent.fill(0);
+      if (this.extrasSeen) {
+        this.extraPresent.fill(0);
+        this.extrasSeen = false;
+      }
       let extraCount = 0;
       if ((txreq.flags & NETTXF_extra_info) !== 0) {
         const r = this.getExtras(workToDo);
@@ -538,7 +542,7 @@ export class XenvifTxQueue {
     }
     this.nPackets++;
     p.nCopy = 0;
-    p.local.length = 0;
+    clearArray(p.local);
     p.shared = false;
     p.nFrags = 0;
     p.nOverflow = 0;
@@ -565,6 +569,7 @@ export class XenvifTxQueue {
       // A repeated type overwrites the earlier one (the last wins), as Linux's memcpy into extras[type - 1].
       copyExtra(this.extras[e.type - 1]!, e);
       this.extraPresent[e.type - 1] = 1;
+      this.extrasSeen = true;
     } while ((e.flags & XEN_NETIF_EXTRA_FLAG_MORE) !== 0);
     return count;
   }
@@ -649,7 +654,9 @@ export class XenvifTxQueue {
       // Don't cross a local page boundary (a grant copy must stay within one page on each side).
       if (inPage + amount > XEN_PAGE_SIZE) amount = XEN_PAGE_SIZE - inPage;
       const idx = this.pendingRing[this.pendingCons & PENDING_MASK]!;
-      this.addCopyOp(pkt, idx, txp.gref, txp.offset, head.subarray(pageStart), inPage, amount);
+      // The head as the copy's local page: itself when it starts the page (every head up to a page long).
+      const dest = pageStart === 0 && head.byteOffset === 0 ? head : head.subarray(pageStart);
+      this.addCopyOp(pkt, idx, txp.gref, txp.offset, dest, inPage, amount);
       destOff += amount;
       remaining -= amount;
       if (amount === txp.size) {
@@ -766,12 +773,11 @@ export class XenvifTxQueue {
   private runGrantOps(): void {
     const vif = this.vif;
     const mapper = vif.mapper;
-    const batch = this.copyBatch;
-    batch.length = 0;
-    for (let i = 0; i < this.nCopyOps; i++) batch.push(this.copyOps[i]!);
-    if (batch.length > 0) mapper.copy(batch);
-    for (let i = 0; i < batch.length; i++) {
-      const op = batch[i]!;
+    const ops = this.copyOps;
+    const nCopy = this.nCopyOps;
+    if (nCopy > 0) mapper.copy(ops, nCopy);
+    for (let i = 0; i < nCopy; i++) {
+      const op = ops[i]!;
       op.dest.buf = null; // drop the view of the head: the skb may be freed and its head reused
       if (op.status === GNTST_okay) vif.events.copied(vif.domid, op.source.ref, op.len);
     }
@@ -804,18 +810,18 @@ export class XenvifTxQueue {
         kfreeSkb(skb);
         if (nskb !== null) kfreeSkb(nskb);
         for (let i = 0; i < pkt.local.length; i++) putPage(vif.ctx, pkt.local[i]!);
-        pkt.local.length = 0;
+        clearArray(pkt.local);
         continue;
       }
       // Copy mode: the local pages become the frags (their allocation reference goes to the skb).
       for (let i = 0; i < pkt.local.length; i++) skbAddFrag(skb, pkt.local[i]!, 0, pkt.localSize[i]!);
       if (pkt.local.length > 0) vif.stats.txGrantCopied++;
-      pkt.local.length = 0;
+      clearArray(pkt.local);
       if ((pkt.flags & NETTXF_csum_blank) !== 0) skb.ipSummed = CHECKSUM_PARTIAL;
       else if ((pkt.flags & NETTXF_data_validated) !== 0) skb.ipSummed = CHECKSUM_UNNECESSARY;
 
       const pages = this.attachPages;
-      pages.length = 0;
+      clearArray(pages);
       this.fillFrags(skb, pkt.frags, pkt.nFrags, pages);
       if (nskb !== null) this.handleFragList(skb, nskb, pkt, pages);
 
@@ -854,7 +860,7 @@ export class XenvifTxQueue {
       if (pages.length > 0) this.zerocopyPrepare(skb, pages);
       vif.receive(skb);
     }
-    this.attachPages.length = 0;
+    clearArray(this.attachPages);
     return done;
   }
 
@@ -940,7 +946,7 @@ export class XenvifTxQueue {
     this.fillFrags(nskb, pkt.overflow, pkt.nOverflow, pages);
     skbFragListAppend(skb, nskb);
     const local = this.localPages;
-    local.length = 0;
+    clearArray(local);
     let offset = skbHeadlen(skb);
     while (offset < skb.len) {
       if (local.length >= MAX_SKB_FRAGS) throw new Error('netback: frag_list consolidation needs more than MAX_SKB_FRAGS pages');
@@ -958,10 +964,10 @@ export class XenvifTxQueue {
     for (let j = 0; j < local.length; j++) skbFillPageDesc(skb, j, local[j]!, 0, this.localSizes[j]!);
     sh.fragList = null;
     kfreeSkb(nskb);
-    local.length = 0;
+    clearArray(local);
     for (let i = 0; i < pages.length; i++) this.deallocEnqueue(this.pageIdx.get(pages[i]!)!);
     vif.stats.txZerocopySuccess += 2;
-    pages.length = 0;
+    clearArray(pages);
   }
 
   // xenvif_skb_zerocopy_prepare: attach the release design last; one completion counts the packet's pages.
@@ -977,7 +983,7 @@ export class XenvifTxQueue {
     this.inflightPackets++;
     this.vif.stats.txZerocopySent++;
     this.vif.ctx.design.attach(skb, pages, this.sink);
-    pages.length = 0;
+    clearArray(pages);
   }
 
   // xenvif_zerocopy_callback, per page: the design says this page is truly free.
@@ -1026,10 +1032,10 @@ export class XenvifTxQueue {
   private unmapNow(idx: number): void {
     this.unmapHandle(idx);
     const pages = this.retPages;
-    pages.length = 0;
+    clearArray(pages);
     pages.push(this.mmapPages[idx]!);
     this.vif.events.returned(pages, 1);
-    pages.length = 0;
+    clearArray(pages);
     this.recyclePage(idx);
   }
 
@@ -1096,6 +1102,14 @@ export class XenvifTxQueue {
   }
 }
 
+// Emptying an array through `length = 0` is a runtime call even when it is already empty: skip that case.
+function clearArray(a: unknown[]): void {
+  if (a.length !== 0) a.length = 0;
+}
+
+// The one successful Result<void>: results are immutable, so a shared object spares an allocation per packet.
+const OK: Result<void> = ok(undefined);
+
 // xenvif_set_skb_gso: null, or the FATAL message.
 function setSkbGso(skb: SkBuff, gso: Readonly<ExtraInfoFields>): string | null {
   if (gso.gso.size === 0) return 'GSO size must not be zero.';
@@ -1131,7 +1145,7 @@ export function checksumSetup(skb: SkBuff, stats: ChecksumSetupStats): Result<vo
     skb.ipSummed = CHECKSUM_PARTIAL;
     recalculate = true;
   }
-  if (skb.ipSummed !== CHECKSUM_PARTIAL) return ok(undefined);
+  if (skb.ipSummed !== CHECKSUM_PARTIAL) return OK;
   if (skb.protocol === ETH_P_IP) return checksumSetupIpv4(skb, recalculate);
   if (skb.protocol === ETH_P_IPV6) return checksumSetupIpv6(skb, recalculate);
   return err(`protocol 0x${skb.protocol.toString(16).padStart(4, '0')} is not IPv4 or IPv6`);
@@ -1139,11 +1153,11 @@ export function checksumSetup(skb: SkBuff, stats: ChecksumSetupStats): Result<vo
 
 // skb_maybe_pull_tail: make `len` bytes (from data) linear, pulling up to `max` eagerly.
 function maybePullTail(skb: SkBuff, len: number, max: number, what: string): Result<void> {
-  if (skbHeadlen(skb) >= len) return ok(undefined);
+  if (skbHeadlen(skb) >= len) return OK;
   if (max > skb.len) max = skb.len;
   if (!pskbMayPull(skb, max)) return err(`${what} cannot be pulled`);
   if (skbHeadlen(skb) < len) return err(`${what} is truncated: expected >= ${len} bytes but got ${skb.len}`);
-  return ok(undefined);
+  return OK;
 }
 
 function get16(b: Uint8Array, off: number): number {
@@ -1170,7 +1184,7 @@ function checksumSetupIpv4(skb: SkBuff, recalculate: boolean): Result<void> {
       get16(h, d + nh + 12) + get16(h, d + nh + 14) + get16(h, d + nh + 16) + get16(h, d + nh + 18) + proto + (skb.len - off);
     writeCsumField(skb, csumFold16(pseudo));
   }
-  return ok(undefined);
+  return OK;
 }
 
 function checksumSetupIpv6(skb: SkBuff, recalculate: boolean): Result<void> {
@@ -1229,7 +1243,7 @@ function checksumSetupIpv6(skb: SkBuff, recalculate: boolean): Result<void> {
     sum += (l4len >>> 16) + (l4len & 0xffff) + nexthdr;
     writeCsumField(skb, csumFold16(sum));
   }
-  return ok(undefined);
+  return OK;
 }
 
 // skb_checksum_setup_ip + skb_partial_csum_set: `off` is the transport header's offset from data (the MAC header).
@@ -1254,7 +1268,7 @@ function setupL4(skb: SkBuff, proto: number, off: number, family: string): Resul
   skb.csumStart = skb.data + off;
   skb.csumOffset = csumOff;
   skb.transportHeader = skb.data + off;
-  return ok(undefined);
+  return OK;
 }
 
 function writeCsumField(skb: SkBuff, v: number): void {

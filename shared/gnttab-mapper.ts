@@ -304,10 +304,11 @@ export class GrantMapper {
     return st;
   }
 
-  /** Runs copy ops (GNTTABOP_copy), filling each op.status; returns the first failure, or okay. */
-  copy(ops: readonly GrantCopyOp[]): number {
+  /** Runs copy ops[0..count) (GNTTABOP_copy), filling each op.status; returns the first failure, or okay. */
+  copy(ops: readonly GrantCopyOp[], count: number = ops.length): number {
     let first = GNTST_okay;
-    for (let i = 0; i < ops.length; i++) {
+    const n = Math.min(count, ops.length);
+    for (let i = 0; i < n; i++) {
       const op = ops[i]!;
       const st = this.copyOne(op);
       op.status = st;
