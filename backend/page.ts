@@ -26,12 +26,18 @@ export class Page {
   foreign: GrantIdentity | null;
   /** get_page/put_page reference count; 0 means free (local: in the pool; foreign: unbound). */
   count: number;
+  /**
+   * The per-page pointer a release design keeps (release.ts): seed 002's net_priv (the owning packet), Xen's
+   * foreign-page destructor (the sink), rusty-page's owning GrantRelease; null for every other design.
+   */
+  priv: unknown;
 
   constructor(id: number, bytes: Uint8Array) {
     this.id = id;
     this.bytes = bytes;
     this.foreign = null;
     this.count = 0;
+    this.priv = null;
   }
 }
 
@@ -76,6 +82,10 @@ export function bindForeignPage(page: Page, bytes: Uint8Array, grant: GrantIdent
   if (page.count > 1) {
     throw new Error(`bindForeignPage: page ${page.id} still has ${page.count - 1} stack references to grant ${describeGrant(page.foreign)}`);
   }
+  // A design that still tags the page would account the new grant to the old owner.
+  if (page.priv !== null) {
+    throw new Error(`bindForeignPage: page ${page.id} still carries release-design state for grant ${describeGrant(page.foreign)}`);
+  }
   page.bytes = bytes;
   page.foreign = grant;
   page.count = 1;
@@ -92,18 +102,28 @@ export function unbindForeignPage(ctx: SkbContext, page: Page): void {
   ctx.stats.pagePuts++;
 }
 
-/** get_page(): count++ (include/linux/mm.h); a page with count 0 is free, so taking a ref is our own bug. */
+/**
+ * get_page(): count++ (include/linux/mm.h); a page with count 0 is free, so taking a ref is our own bug.
+ * Seed 002's net_get_page: the design's pageGet hook runs first (absent for rusty and naive).
+ */
 export function getPage(ctx: SkbContext, page: Page): void {
   if (page.count <= 0) throw new Error(`get_page on free page ${page.id}`);
+  const d = ctx.design;
+  if (d.pageGet !== undefined) d.pageGet(ctx, page);
   page.count++;
   ctx.stats.pageGets++;
 }
 
-/** put_page(): count--; a local page reaching 0 goes back to the pool (a foreign one stays netback's). */
+/**
+ * put_page(): count--; a local page reaching 0 goes back to the pool (a foreign one stays netback's).
+ * The design's pagePut hook (seed 002's net_put_page, Xen's foreign-page destructor) runs after the decrement.
+ */
 export function putPage(ctx: SkbContext, page: Page): void {
   if (page.count <= 0) throw new Error(`put_page on free page ${page.id}`);
   page.count--;
   ctx.stats.pagePuts++;
+  const d = ctx.design;
+  if (d.pagePut !== undefined) d.pagePut(ctx, page);
   if (page.count === 0 && page.foreign === null) {
     const pool = ctx.pages;
     if (pool.poison) page.bytes.fill(PAGE_POISON);

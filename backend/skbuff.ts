@@ -1,7 +1,8 @@
 // sk_buff and skb_shared_info for the backend's emulated Linux stack (include/linux/skbuff.h,
 // net/core/skbuff.c), with Rusty Russell's shinfo destructor and 'orig' parent references (seed 001).
 // Netback injects guest pages mapped through grants as foreign page frags without copying; everything about
-// WHEN a grant goes back is behind ctx.design (release.ts). Offsets into head follow
+// WHEN a grant goes back is behind ctx.design (release.ts): the operations call its hooks at the places the
+// seeds and mainline put theirs (an optional hook a design lacks costs one check). Offsets into head follow
 // NET_SKBUFF_DATA_USES_OFFSET. The model is single-threaded per stack instance, so atomic_t is a number.
 // Caller bugs that Linux BUG_ONs (or that its callers rule out) throw; runtime refusals return Linux's values.
 
@@ -77,6 +78,15 @@ export class SkbSharedInfo {
   destructorArg: unknown = null;
   /** Rusty's parent reference (seed 001): a payload reference on the shinfo whose page data this one uses. */
   orig: SkbSharedInfo | null = null;
+  /** Seed 000's zero-copy callback descriptors (zccd_t *zccd, *zccd2); set only by the zccd design. */
+  zccd: unknown = null;
+  zccd2: unknown = null;
+  /** Seed 002's transaction_token (Kuznetsov); set only by the token designs. */
+  transactionToken: unknown = null;
+  /** Mainline's destructor_arg with SKBFL_ZEROCOPY_ENABLE: the ubuf_info; set only by the ubuf design. */
+  uarg: unknown = null;
+  /** rusty-page: how many child shinfos hold an orig reference on this one (kept by that design only). */
+  origRefs = 0;
 
   constructor(ctx: SkbContext) {
     this.ctx = ctx;
@@ -171,6 +181,21 @@ export class SkbStats {
   orphanedFrags = 0;
   /** Segments produced by skb_segment. */
   segments = 0;
+  /** ubuf_info completions with zerocopy success / failure (netback's tx_zerocopy_success / _fail). */
+  zerocopySuccess = 0;
+  zerocopyFail = 0;
+  /** net_priv get/put callbacks run (seed 002: net_get_page_callback / net_put_page_callback). */
+  netPageCallbacks = 0;
+  /** Page-to-owner table lookups (net_priv-hash: one per get_page and put_page). */
+  hashLookups = 0;
+  /** Bookkeeping objects a design allocated because its pool was empty, or per send (token-alloc). */
+  designAllocs = 0;
+  /** Transaction tokens whose finish callback ran. */
+  tokensFinished = 0;
+  /** rusty-page: frags of a shinfo kept alive only by its children's orig references, put early. */
+  parentDataDrops = 0;
+  /** Grants handed back one page at a time by a per-page design (page-destructor; rusty-page's early path). */
+  pageReleases = 0;
 }
 
 /** Options of one stack instance. */
@@ -196,6 +221,8 @@ export class SkbContext {
   /** Linear buffers by (aligned) size. */
   readonly headPool = new Map<number, Uint8Array[]>();
   readonly poisonFreed: boolean;
+  /** Per-stack state of the release design (its pools, tables, token queues); null until the design needs it. */
+  designState: unknown = null;
 
   constructor(opts: SkbContextOptions) {
     this.design = opts.design;
@@ -241,6 +268,11 @@ function allocShinfo(ctx: SkbContext, size: number): SkbSharedInfo {
   s.destructor = null;
   s.destructorArg = null;
   s.orig = null;
+  s.zccd = null;
+  s.zccd2 = null;
+  s.transactionToken = null;
+  s.uarg = null;
+  s.origRefs = 0;
   ctx.stats.shinfoAllocs++;
   return s;
 }
@@ -256,6 +288,11 @@ function freeShinfo(ctx: SkbContext, s: SkbSharedInfo): void {
   s.destructor = null;
   s.destructorArg = null;
   s.orig = null;
+  s.zccd = null;
+  s.zccd2 = null;
+  s.transactionToken = null;
+  s.uarg = null;
+  s.origRefs = 0;
   ctx.stats.shinfoFrees++;
   ctx.shinfoPool.push(s);
 }
@@ -332,8 +369,12 @@ function assertLive(skb: SkBuff, what: string): void {
 /**
  * shinfo_put (seed 001): drop one reference; when it was the last, put the frags' pages, drop the frag_list,
  * run the destructor, free the shinfo, and drop the payload reference it held on its parent (orig).
+ * `parentRef`: the reference dropped is a child's orig reference (skb_orphan_frags); the walk up the orig chain
+ * drops such references too. The design hears of every step: shinfoDeref when the shinfo stays, shinfoRelease
+ * when its data goes (seed 000's zccd_put in skb_release_data).
  */
-export function shinfoPut(ctx: SkbContext, shinfo: SkbSharedInfo, nohdr: boolean, clone: boolean): void {
+export function shinfoPut(ctx: SkbContext, shinfo: SkbSharedInfo, nohdr: boolean, clone: boolean, parentRef = false): void {
+  const d = ctx.design;
   let s: SkbSharedInfo | null = shinfo;
   while (s !== null) {
     if (s.dataref <= 0) throw new Error('shinfo_put on a freed shinfo');
@@ -342,11 +383,15 @@ export function shinfoPut(ctx: SkbContext, shinfo: SkbSharedInfo, nohdr: boolean
       if (s.dataref < 0 || (s.dataref & SKB_DATAREF_MASK) === 0 && s.dataref !== 0) {
         throw new Error(`shinfo_put: dataref underflow (${s.dataref.toString(16)})`);
       }
-      if (s.dataref !== 0) return;
+      if (s.dataref !== 0) {
+        if (d.shinfoDeref !== undefined) d.shinfoDeref(s, parentRef);
+        return;
+      }
     } else if ((s.dataref & SKB_DATAREF_MASK) !== 1) {
       // An skb that is not cloned must be the only holder of its shinfo.
       throw new Error(`shinfo_put: uncloned skb but dataref ${s.dataref.toString(16)}`);
     }
+    if (d.shinfoRelease !== undefined) d.shinfoRelease(s);
     for (let i = 0; i < s.nrFrags; i++) putPage(ctx, s.frags[i]!.page);
     s.nrFrags = 0;
     if (s.fragList !== null) {
@@ -363,7 +408,24 @@ export function shinfoPut(ctx: SkbContext, shinfo: SkbSharedInfo, nohdr: boolean
     // We hold a payload reference to our parent.
     nohdr = true;
     clone = true;
+    parentRef = true;
     s = orig;
+  }
+}
+
+/**
+ * Puts every frag's page and drops the frag_list of a shinfo that no live skb reads any more but that stays
+ * allocated (rusty-page: a parent kept only by its children's orig references). Departure: seed 001 keeps them.
+ */
+export function shinfoDropData(ctx: SkbContext, s: SkbSharedInfo): void {
+  const n = s.nrFrags;
+  for (let i = 0; i < n; i++) putPage(ctx, s.frags[i]!.page);
+  s.nrFrags = 0;
+  clearFragSlots(s, 0, n);
+  if (s.fragList !== null) {
+    const list = s.fragList;
+    s.fragList = null;
+    skbDropList(list);
   }
 }
 
@@ -681,6 +743,9 @@ function copyBitsInner(skb: SkBuff, offset: number, to: Uint8Array, toOffset: nu
 export function skbClone(skb: SkBuff): SkBuff {
   assertLive(skb, 'skb_clone');
   const ctx = skb.ctx;
+  // Mainline: skb_orphan_frags before sharing (ubuf copies zerocopy frags here).
+  const d = ctx.design;
+  if (d.orphanPoint !== undefined) d.orphanPoint(skb, 'clone');
   let n: SkBuff;
   const pair = skb.fclones;
   if (skb.fclone === SKB_FCLONE_ORIG && pair !== null && pair.fcloneRef === 1) {
@@ -728,6 +793,9 @@ export function skbCopy(skb: SkBuff): SkBuff {
 export function pskbCopy(skb: SkBuff): SkBuff {
   assertLive(skb, 'pskb_copy');
   const ctx = skb.ctx;
+  // __pskb_copy_fclone: skb_orphan_frags before sharing the frags.
+  const d = ctx.design;
+  if (d.orphanPoint !== undefined) d.orphanPoint(skb, 'pskb_copy');
   const headroom = skbHeadroom(skb);
   const headlen = skbHeadlen(skb);
   const n = allocSkb(ctx, headlen + headroom);
@@ -779,6 +847,9 @@ export function pskbExpandHead(skb: SkBuff, nhead: number, ntail: number): numbe
   }
   if (skbShared(skb)) throw new Error('pskb_expand_head: skb is shared (BUG_ON(skb_shared(skb)))');
   const ctx = skb.ctx;
+  // Mainline: a cloned skb's zerocopy frags are orphaned before its shinfo is copied.
+  const d = ctx.design;
+  if (d.orphanPoint !== undefined && skbCloned(skb)) d.orphanPoint(skb, 'expand_head');
   const old = skb.shinfo;
   const ns = allocShinfo(ctx, skb.end + nhead + ntail);
   // Copy only real data... and, alas, header.
@@ -926,6 +997,9 @@ export function __pskbPullTail(skb: SkBuff, delta: number): boolean {
   clearFragSlots(s, k, n);
   skb.tail += delta;
   skb.dataLen -= delta;
+  // Mainline: if (!skb->data_len) skb_zcopy_clear(skb, false).
+  const d = ctx.design;
+  if (skb.dataLen === 0 && d.pulledLinear !== undefined) d.pulledLinear(skb);
   return true;
 }
 
@@ -1228,7 +1302,7 @@ function segWalk(ctx: SkbContext, st: SegState, src: SkBuff, owner: SkBuff, base
     p += f.size;
   }
   for (let c = s.fragList; c !== null && p < b; c = c.next) {
-    const childOwner = c.shinfo.destructor !== null || c.shinfo.orig !== null ? c : owner;
+    const childOwner = holdsRelease(c.shinfo) ? c : owner;
     if (p + c.len > a && !segWalk(ctx, st, c, childOwner, p, a, b, false)) return false;
     p += c.len;
   }
@@ -1248,6 +1322,9 @@ function segWalk(ctx: SkbContext, st: SegState, src: SkBuff, owner: SkBuff, base
 export function skbSegment(skb: SkBuff, features: { readonly sg: boolean }): SkBuff[] | number {
   assertLive(skb, 'skb_segment');
   const ctx = skb.ctx;
+  // Mainline orphans the input (and each frag_list skb) before segments share its frags.
+  const d = ctx.design;
+  if (d.orphanPoint !== undefined) d.orphanPoint(skb, 'segment');
   const mss = skb.shinfo.gsoSize;
   if (mss <= 0) return -EINVAL;
   const macHeader = skb.macHeader === -1 ? skb.data : skb.macHeader;
@@ -1352,6 +1429,8 @@ export function skbTryCoalesce(to: SkBuff, from: SkBuff): CoalesceResult {
   to.len += len;
   to.dataLen += len;
   ctx.stats.coalesceMoved++;
+  const d = ctx.design;
+  if (d.fragsMoved !== undefined) d.fragsMoved(from, to);
   return { ok: true, fragstolen: false, delta: len };
 }
 
@@ -1459,16 +1538,23 @@ function shiftDone(tgt: SkBuff, skb: SkBuff, shiftlen: number): number {
   tgt.len += shiftlen;
   tgt.dataLen += shiftlen;
   skb.ctx.stats.shifts++;
+  const d = skb.ctx.design;
+  if (d.fragsMoved !== undefined) d.fragsMoved(skb, tgt);
   return shiftlen;
 }
 
 // ---------------------------------------------------------------------------------------------------------
 // Orphaning foreign frags
 
-/** Does this skb (or its frag_list, recursively) refer to foreign pages, or hold a parent ref or a destructor? */
+/** Does a design's completion state hang on this shinfo (destructor, orig, zccd, token, ubuf)? */
+function holdsRelease(s: SkbSharedInfo): boolean {
+  return s.destructor !== null || s.orig !== null || s.zccd !== null || s.zccd2 !== null || s.transactionToken !== null || s.uarg !== null;
+}
+
+/** Does this skb (or its frag_list, recursively) refer to foreign pages, or hold a design's completion state? */
 function needsOrphan(skb: SkBuff): boolean {
   const s = skb.shinfo;
-  if (s.orig !== null || s.destructor !== null) return true;
+  if (holdsRelease(s)) return true;
   for (let i = 0; i < s.nrFrags; i++) if (s.frags[i]!.page.foreign !== null) return true;
   for (let c = s.fragList; c !== null; c = c.next) if (needsOrphan(c)) return true;
   return false;
@@ -1584,7 +1670,7 @@ export function skbOrphanFrags(skb: SkBuff): number {
   const orig = old.orig;
   if (orig !== null) {
     old.orig = null;
-    shinfoPut(ctx, orig, true, true);
+    shinfoPut(ctx, orig, true, true, true);
   }
   if (old.destructor !== null) {
     const d = old.destructor;
@@ -1593,6 +1679,20 @@ export function skbOrphanFrags(skb: SkBuff): number {
     d(old);
     old.destructorArg = null;
   }
+  // Copied data carries no zero-copy state (seed 000's __skb_linearize: "copied data => no zccd").
+  const design = ctx.design;
+  if (design.orphaned !== undefined) design.orphaned(old);
+  return 0;
+}
+
+/**
+ * skb_orphan_frags_rx: local delivery (and taps, tun) must not keep zerocopy frags: a design that orphans on
+ * delivery (ubuf) copies them here; for the others this is a no-op (keeping the frags is the design under test).
+ */
+export function skbOrphanFragsRx(skb: SkBuff): number {
+  assertLive(skb, 'skb_orphan_frags_rx');
+  const d = skb.ctx.design;
+  if (d.orphanPoint !== undefined) d.orphanPoint(skb, 'rx');
   return 0;
 }
 

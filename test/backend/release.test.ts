@@ -62,7 +62,7 @@ const F = (offset: number, size: number): FragSpec => ({ offset, size });
 test('designByName finds rusty and naive', (t) => {
   t.is(designByName('rusty'), rusty);
   t.is(designByName('naive'), naive);
-  t.is(designByName('zccd'), undefined);
+  t.is(designByName('bogus'), undefined);
 });
 
 test('attach: one shared destructor function, a pooled arg; each page to the sink exactly once', (t) => {
