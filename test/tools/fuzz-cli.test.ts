@@ -2,6 +2,7 @@ import test from 'ava';
 import { spawn } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { EXIT_OK, EXIT_USAGE, EXIT_VIOLATIONS, main, parseArgs, USAGE } from '../../tools/fuzz/cli.js';
+import { DESIGN_NAMES } from '../../backend/release.js';
 
 const ENTRY = fileURLToPath(new URL('../../tools/fuzz.js', import.meta.url));
 const JSON_KEYS = ['design', 'runs', 'steps', 'violations', 'earlyReturns', 'doubleReturns', 'leaks', 'dataMismatches', 'firstFailingSeed'];
@@ -67,7 +68,7 @@ const usageErrors: [string[], string][] = [
   [['--seed', '-1'], '--seed must be an integer in [0, 4294967295]'],
   [['--seed', '4294967296'], '--seed must be an integer in [0, 4294967295]'],
   [['--seed'], '--seed needs a value'],
-  [['--design', 'zccd'], '--design must be one of rusty, naive but got "zccd"'],
+  [['--design', 'bogus'], `--design must be one of ${DESIGN_NAMES.join(', ')} but got "bogus"`],
   [['--design'], '--design needs a value'],
   [['--json=yes'], '--json takes no value'],
   [['--bogus'], 'unknown option: --bogus'],
@@ -102,7 +103,7 @@ test('main: --help prints the usage and exits 0; bad flags exit 2 without runnin
   t.deepEqual(h.out, [USAGE]);
   const b = fakeIo(0);
   t.is(main(['--design', 'x'], b.io), EXIT_USAGE);
-  t.deepEqual(b.err, ['fuzz: --design must be one of rusty, naive but got "x"', 'try --help']);
+  t.deepEqual(b.err, [`fuzz: --design must be one of ${DESIGN_NAMES.join(', ')} but got "x"`, 'try --help']);
   t.deepEqual(b.out, []);
 });
 

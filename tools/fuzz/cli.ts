@@ -1,12 +1,12 @@
-// `npm run fuzz -- --runs N --seed S [--design rusty|naive] [--json]`: argument parsing, progress on stderr,
+// `npm run fuzz -- --runs N --seed S [--design NAME] [--json]`: argument parsing, progress on stderr,
 // the failure report and the summary on stdout; with --json the last stdout line is one JSON object.
-import { designByName } from '../../backend/release.js';
+import { DESIGN_NAMES, designByName } from '../../backend/release.js';
 import { err, ok, type Result } from '../../shared/result.js';
 import { formatOp } from './ops.js';
 import { runFuzz, type FuzzSummary } from './runner.js';
 
 /** The designs the CLI advertises (designByName decides what is accepted). */
-export const KNOWN_DESIGNS: readonly string[] = ['rusty', 'naive'];
+export const KNOWN_DESIGNS: readonly string[] = DESIGN_NAMES;
 
 /** Exit codes: no violation, violations, bad command line. */
 export const EXIT_OK = 0;
@@ -24,7 +24,7 @@ export interface FuzzArgs {
 
 /** The --help text. */
 export const USAGE = [
-  'usage: npm run fuzz -- [--runs N] [--seed S] [--design rusty|naive] [--json]',
+  'usage: npm run fuzz -- [--runs N] [--seed S] [--design NAME] [--json]',
   '',
   'Seeded random sk_buff operation sequences over skbs built from foreign (granted) pages, checked after',
   'every step by the grant-lifetime oracle (early return, double return, leak at quiescence) and by reading',
@@ -32,7 +32,7 @@ export const USAGE = [
   '',
   '  --runs N      number of runs (default 1000); run i uses seed S + i',
   '  --seed S      first seed, an integer in [0, 4294967295] (default 1)',
-  '  --design D    release design: rusty (default) or naive (the negative control)',
+  `  --design D    release design: rusty (default), naive (the negative control), or ${DESIGN_NAMES.filter((n) => n !== 'rusty' && n !== 'naive').join(', ')}`,
   '  --json        make the last stdout line a JSON summary',
   '  --help        this text',
   '',
