@@ -168,6 +168,9 @@ export interface VifStackHost {
   detachPort(dev: NetDevice): void;
   addHolder(h: SkbHolder): void;
   removeHolder(h: SkbHolder): void;
+  /** A TX action's frames are one batch: the stack may read its clock once for all of them. */
+  enterSoftirq?(): void;
+  exitSoftirq?(): void;
 }
 
 /**
@@ -320,7 +323,14 @@ export class Xenvif implements NetDevice, SkbHolder {
   txAction(budget: number = NAPI_POLL_WEIGHT): number {
     this.pendingWork = false;
     if (this.vifState !== 'connected' || this.disabled || this.tx === null) return 0;
-    return this.tx.txAction(budget);
+    const host = this.host;
+    if (host === null || host.enterSoftirq === undefined) return this.tx.txAction(budget);
+    host.enterSoftirq();
+    try {
+      return this.tx.txAction(budget);
+    } finally {
+      host.exitSoftirq!();
+    }
   }
 
   /** One RX action (rx.c xenvif_rx_action with the kthread's stall and drain checks); returns frames delivered. */
