@@ -15,6 +15,7 @@ import { IPPROTO_TCP, IPPROTO_UDP, UDP_HLEN, parseIpv4Header } from '../shared/i
 import { checkTaggedPayload } from '../shared/payload.js';
 import { Random } from '../shared/random.js';
 import type { XsClient, XsWatchHandle, XsWorkerPorts } from '../shared/xenstore-protocol.js';
+import type { GrantReturnPort } from '../shared/grant-return.js';
 import { oracleGrantEvents, type GrantEvents } from './netback.js';
 import { NetbackXenbus } from './netback-xenbus.js';
 import { GrantOracle } from './oracle.js';
@@ -87,6 +88,8 @@ export interface BackendInit {
   readonly xenstore: XsWorkerPorts;
   /** The comlink control channel (BackendApi is exposed on it). */
   readonly control: MessagePort;
+  /** A channel to the toolstack for a backend worker that builds domains of its own (the stress tool), or none. */
+  readonly host?: MessagePort;
 }
 
 /** What the oracle and the uplink checks saw so far: the audit figures that survive the backend's death. */
@@ -127,6 +130,8 @@ export interface BackendStats {
   readonly audit: BackendAuditSnapshot;
   /** Frames lost on the wire by loss faults. */
   readonly wireLost: number;
+  /** Why the softirq loop died, or null (the worker lives on, but the backend is dead: a crash). */
+  readonly loopError: string | null;
 }
 
 /** What draining found. */
@@ -192,6 +197,8 @@ export interface UplinkHostStats {
   udpVerified: number;
   /** UDP datagrams whose payload did not (poisoned or misplaced guest data). */
   udpCorrupt: number;
+  /** Corrupt UDP datagrams from a hostile source (an adversary rewriting its own pages): not grantwire's fault. */
+  udpCorruptHostile: number;
   /** Frames that are neither (ARP, short, other protocols, bad headers). */
   other: number;
   /** The first corruption message seen. */
@@ -204,7 +211,9 @@ export interface UplinkHostStats {
  * poisoned shows up here too. It reads the bytes during the call and never keeps the skb.
  */
 export class UplinkHost {
-  readonly stats: UplinkHostStats = { frames: 0, tcp: 0, udpVerified: 0, udpCorrupt: 0, other: 0, firstError: null };
+  readonly stats: UplinkHostStats = { frames: 0, tcp: 0, udpVerified: 0, udpCorrupt: 0, udpCorruptHostile: 0, other: 0, firstError: null };
+  /** Source addresses of hostile guests (the stress tool's adversaries), whose corrupt payloads are counted apart. */
+  readonly hostileSources = new Set<number>();
   private readonly buf = new Uint8Array(ETH_HLEN + 0xffff);
 
   constructor(
@@ -249,6 +258,8 @@ export class UplinkHost {
     const r = checkTaggedPayload(this.buf, off, h.totalLen - h.ihl - UDP_HLEN);
     if (r.ok) {
       st.udpVerified++;
+    } else if (this.hostileSources.size > 0 && this.hostileSources.has(h.saddr)) {
+      st.udpCorruptHostile++;
     } else {
       st.udpCorrupt++;
       st.firstError ??= r.error;
@@ -405,8 +416,12 @@ export class Dom0Backend implements SoftirqWork {
   /** The first MAX_NOTES distinct things worth reporting (vif errors, probe failures); see note(). */
   readonly notes: string[] = [];
   private notesDropped = 0;
-  /** Grant-return ports of the guests the toolstack introduced, by domid. */
-  readonly grantPorts = new Map<number, MessagePort>();
+  /** Grant-return ports of the guests the toolstack introduced, by domid (a MessagePort, or an in-thread sink). */
+  readonly grantPorts = new Map<number, GrantReturnPort & { close(): void }>();
+  /** Work run in every round before the backend's own (in-thread guests of the stress tool's adversary host). */
+  readonly roundHooks: ((now: number) => number)[] = [];
+  /** Functions to run once inside the next TX action of a domain's vif, after it read the requests (see interleave). */
+  readonly txHooks = new Map<number, (() => void)[]>();
   private readonly roots: SkBuff[] = [];
   private nextAnnounce = 0;
   private readonly announceFrame: Uint8Array;
@@ -543,7 +558,7 @@ export class Dom0Backend implements SoftirqWork {
   }
 
   /** The toolstack introduced a guest: its grant table and memory become mappable, and its grant-return port known. */
-  addDomain(domid: number, table: SharedArrayBuffer, memory: SharedArrayBuffer, grantPort: MessagePort): void {
+  addDomain(domid: number, table: SharedArrayBuffer, memory: SharedArrayBuffer, grantPort: GrantReturnPort & { close(): void }): void {
     this.mapper.addDomain(domid, table, memory);
     this.grantPorts.set(domid, grantPort);
   }
@@ -563,7 +578,10 @@ export class Dom0Backend implements SoftirqWork {
   /** One softirq round: events, TX, stack timers, RX, dealloc. */
   round(now: number): number {
     const vifs = this.vifs;
-    let did = this.dispatchEvents();
+    let did = 0;
+    const hooks = this.roundHooks;
+    for (let i = 0; i < hooks.length; i++) did += hooks[i]!(now);
+    did += this.dispatchEvents();
     for (let i = 0; i < vifs.length; i++) did += vifs[i]!.vif.txAction(VIF_TX_BUDGET);
     this.stack.poll(now);
     this.peer.poll(now);
@@ -574,6 +592,35 @@ export class Dom0Backend implements SoftirqWork {
       this.announceRemote();
     }
     return did;
+  }
+
+  /**
+   * The grant events a new vif of `domid` reports: the oracle's, plus the domain's TX hooks fired once at its next
+   * map or copy (the moment netback has read the requests: a double-fetch adversary rewrites them then).
+   */
+  vifEvents(domid: number): GrantEvents {
+    const base = this.events;
+    const hooks = this.txHooks;
+    const fire = (): void => {
+      if (hooks.size === 0) return;
+      const list = hooks.get(domid);
+      if (list === undefined) return;
+      hooks.delete(domid);
+      for (const fn of list) fn();
+    };
+    return {
+      mapped(page): void {
+        base.mapped(page);
+        fire();
+      },
+      returned(pages, n): void {
+        base.returned(pages, n);
+      },
+      copied(d, gref, len): void {
+        base.copied(d, gref, len);
+        fire();
+      },
+    };
   }
 
   /** Runs dom0's event-channel upcall (the vifs' interrupt handlers); the worker sets it. */
@@ -659,6 +706,7 @@ export class Dom0Backend implements SoftirqWork {
       sleeps: loop.sleeps,
       audit: this.auditSnapshot(),
       wireLost: this.wireLost,
+      loopError: null,
     };
   }
 
@@ -741,6 +789,11 @@ export class BackendRuntime {
     this.vifRoot = `/local/domain/${dom0.config.domid}/backend/vif`;
   }
 
+  /** Why the softirq loop died (an exception in netback or the stack: a Linux BUG), or null while it runs. */
+  get failure(): string | null {
+    return this.loopError;
+  }
+
   /** Starts the loop and follows backend/vif (existing devices are probed at once by the watch's first event). */
   async start(): Promise<void> {
     this.loopDone = this.loop.start().catch((e: unknown) => {
@@ -782,7 +835,7 @@ export class BackendRuntime {
           ctx: dom0.ctx,
           mapper: dom0.mapper,
           clock: dom0.clock,
-          events: dom0.events,
+          events: dom0.vifEvents(domid),
           mtu: dom0.config.mtu,
           rxDrainTimeoutMs: dom0.config.rxDrainTimeoutMs,
           txGrantCopy: dom0.config.grantCopy,
@@ -808,7 +861,7 @@ export class BackendRuntime {
   /** The control plane the toolstack calls over comlink. */
   readonly api: BackendApi = {
     addDomain: (domid, table, memory, grantPort) => this.dom0.addDomain(domid, table, memory, grantPort),
-    stats: () => this.dom0.stats(this.loop.stats),
+    stats: () => ({ ...this.dom0.stats(this.loop.stats), loopError: this.loopError }),
     removeDomain: (domid) => this.dom0.removeDomain(domid),
     fault: (f) => this.dom0.fault(f),
     drain: (deadlineMs) => this.drain(deadlineMs),

@@ -63,7 +63,7 @@ import { macToString } from '../shared/ether.js';
 import { ipv4 } from '../shared/inet.js';
 import { GuestMemory } from '../shared/memory.js';
 import { XenstoreClient, exposeXenstoreConnection, withTransaction, type XenstoreChannel } from '../shared/xenstore-client.js';
-import type { XsResult } from '../shared/xenstore-protocol.js';
+import type { XsResult, XsWorkerPorts } from '../shared/xenstore-protocol.js';
 import { XenStore } from '../shared/xenstore.js';
 import {
   VifKey,
@@ -496,6 +496,16 @@ function message(e: unknown): string {
   return e instanceof Error ? e.message : String(e);
 }
 
+/** What the toolstack does for a backend worker that plays guests of its own (the stress tool's adversary host). */
+export interface BackendHostApi {
+  /** Builds a domain with one vif (xenstore home, both vif directories): its domid and its own xenstore connection. */
+  createDomain(): Promise<{ readonly domid: number; readonly xenstore: XsWorkerPorts }>;
+  /** Destroys it as libxl does: its ports closed, its home gone with @releaseDomain, its backend directory once closed. */
+  destroyDomain(domid: number): Promise<void>;
+  /** A domid (event-channel room) for a domain the backend wires by hand. */
+  allocDomid(): Promise<number>;
+}
+
 /** One backend worker's life: its worker, channels, control proxy, and what it reported before it died. */
 export interface BackendIncarnation {
   /** 0 for the first backend, then one more per restart. */
@@ -504,6 +514,8 @@ export interface BackendIncarnation {
   readonly xs: XenstoreChannel;
   readonly port: MessagePort;
   readonly api: Comlink.Remote<BackendApi>;
+  /** The toolstack's end of the host channel (BackendHostApi), or null. */
+  readonly hostPort: MessagePort | null;
   readonly exit: Promise<void>;
   /** Why the worker is gone (crash, exit, or killed by the toolstack), or null while it lives. */
   dead: string | null;
@@ -655,6 +667,39 @@ export class Toolstack {
     return ts;
   }
 
+  /** A fresh domid (Xen does not reuse them soon); throws when the event-channel host has no room left. */
+  allocDomid(): number {
+    const domid = this.nextDomid++;
+    if (!this.evtchn.isDomain(domid)) throw new Error(`no room for d${domid}: the event-channel host has ${this.evtchn.maxDomains} domains`);
+    return domid;
+  }
+
+  // Domains a backend worker asked for (the adversary host), with their xenstore connections.
+  private readonly hostDomains = new Map<number, XenstoreChannel>();
+
+  private readonly backendHost: BackendHostApi = {
+    createDomain: async () => {
+      const domid = this.allocDomid();
+      const created = await toolstackCreateDomain(this.store, this.dom0, domid);
+      if (!created.ok) throw new Error(`cannot create domain ${domid} in the xenstore: ${created.error}`);
+      const vif = await toolstackAddVif(this.dom0, { frontendDomid: domid, backendDomid: BACKEND_DOMID, devid: 0, mac: macToString(guestMac(domid)) });
+      if (!vif.ok) throw new Error(`cannot add the vif of domain ${domid}: ${vif.error}`);
+      const xs = exposeXenstoreConnection(this.store, domid);
+      if (!xs.ok) throw new Error(`cannot open the xenstore connection of domain ${domid}: ${xs.error}`);
+      this.hostDomains.set(domid, xs.value);
+      return Comlink.transfer({ domid, xenstore: xs.value.ports }, xs.value.transferList);
+    },
+    destroyDomain: async (domid) => {
+      closeDomainPorts(this.evtchn, domid);
+      const r = await toolstackDestroyDomain(this.store, this.dom0, domid);
+      if (!r.ok) throw new Error(`cannot destroy d${domid}: ${r.error}`);
+      this.hostDomains.get(domid)?.close();
+      this.hostDomains.delete(domid);
+      void this.removeBackendDirWhenClosed(domid, 0);
+    },
+    allocDomid: async () => this.allocDomid(),
+  };
+
   /** The current backend. */
   get backend(): BackendIncarnation {
     return this.backends[this.backends.length - 1]!;
@@ -676,9 +721,18 @@ export class Toolstack {
     const xs = exposeXenstoreConnection(this.store, BACKEND_DOMID);
     if (!xs.ok) throw new Error(`cannot open dom0's xenstore connection: ${xs.error}`);
     const control = new MessageChannel();
-    const init: BackendInit = { config: this.backendConfig, evtchn: this.evtchn.buffer, xenstore: xs.value.ports, control: control.port2 };
+    const transferList: (MessagePort | ArrayBuffer)[] = [...xs.value.transferList, control.port2];
+    let init: BackendInit = { config: this.backendConfig, evtchn: this.evtchn.buffer, xenstore: xs.value.ports, control: control.port2 };
+    let hostPort: MessagePort | null = null;
+    if (this.opts.backendWorker !== undefined) {
+      const host = new MessageChannel();
+      Comlink.expose(this.backendHost, nodeEndpoint(host.port1));
+      hostPort = host.port1;
+      init = { ...init, host: host.port2 };
+      transferList.push(host.port2);
+    }
     const url = this.opts.backendWorker ?? new URL('../backend/worker.js', import.meta.url);
-    const worker = new Worker(url, { workerData: init, transferList: [...xs.value.transferList, control.port2] });
+    const worker = new Worker(url, { workerData: init, transferList });
     const api = Comlink.wrap<BackendApi>(nodeEndpoint(control.port1));
     let exited: () => void = () => {};
     const exit = new Promise<void>((resolve) => (exited = resolve));
@@ -688,6 +742,7 @@ export class Toolstack {
       xs: xs.value,
       port: control.port1,
       api,
+      hostPort,
       exit,
       dead: null,
       injected: false,
@@ -699,6 +754,7 @@ export class Toolstack {
     });
     worker.once('exit', (code) => {
       if (!be.finishing) be.dead ??= `backend worker exited with code ${code}`;
+      be.hostPort?.close();
       exited();
     });
     this.backends.push(be);
@@ -890,14 +946,14 @@ export class Toolstack {
     d.xenstore.close();
     d.hostPort.close();
     d.grantBackendPort.close();
-    void this.removeBackendDirWhenClosed(d);
+    void this.removeBackendDirWhenClosed(d.domid, d.config.devid);
     return { domid, outstanding: report.outstanding, portsClosed, stillMapped };
   }
 
   // libxl__device_destroy: once netback has closed the dead guest's vif (after the stack freed its pages), the
   // backend directory goes too (bounded: a backend that never closes it loses it at its netback's drain timeout).
-  private async removeBackendDirWhenClosed(d: GuestDomain): Promise<void> {
-    const dir = vifBackendPath(BACKEND_DOMID, d.domid, d.config.devid);
+  private async removeBackendDirWhenClosed(domid: number, devid: number): Promise<void> {
+    const dir = vifBackendPath(BACKEND_DOMID, domid, devid);
     const end = performance.now() + (this.opts.rxDrainTimeoutMs ?? 10_000) + 10_000;
     while (!this.closed && performance.now() < end) {
       const r = await this.dom0.read(`${dir}/${VifKey.state}`);
@@ -909,8 +965,7 @@ export class Toolstack {
 
   /** Builds, starts and connects one more guest (a fresh domid); it transmits if the traffic is running. */
   async addGuest(): Promise<GuestDomain> {
-    const domid = this.nextDomid++;
-    if (!this.evtchn.isDomain(domid)) throw new Error(`no room for d${domid}: the event-channel host has ${this.evtchn.maxDomains} domains`);
+    const domid = this.allocDomid();
     const dom = await buildGuestDomain(this.store, this.dom0, domid, this.build);
     this.domains.push(dom);
     this.startGuest(dom);
@@ -986,6 +1041,7 @@ export class Toolstack {
     this.releaseReattach = ready;
     old.api[Comlink.releaseProxy]();
     old.port.close();
+    old.hostPort?.close();
     old.xs.close();
     const portsClosed = closeDomainPorts(this.evtchn, BACKEND_DOMID);
     let mappingsReleased = 0;
@@ -1154,6 +1210,8 @@ export class Toolstack {
       await be.worker.terminate();
     }
     be.xs.close();
+    be.hostPort?.close();
+    for (const x of this.hostDomains.values()) x.close();
     for (const p of this.reattachPorts.values()) p.close();
     this.reattachPorts.clear();
     for (const d of this.domains) {

@@ -69,7 +69,7 @@ test('uplink host: TCP to the remote goes to the peer; everything else is counte
     kfreeSkb(skb);
   }
   t.deepEqual(seen, [tcp.length]);
-  t.deepEqual({ ...host.stats }, { frames: 4, tcp: 1, udpVerified: 0, udpCorrupt: 0, other: 3, firstError: null });
+  t.deepEqual({ ...host.stats }, { frames: 4, tcp: 1, udpVerified: 0, udpCorrupt: 0, udpCorruptHostile: 0, other: 3, firstError: null });
 });
 
 // A work script and a waiter over virtual time: the loop's decisions are visible in what the waiter was asked.

@@ -124,7 +124,7 @@ test('the audit adds the guests\' checks to the oracle\'s', (t) => {
     oracle: { mapped: 15, returned: 14, earlyReturns: 3, doubleReturns: 4, leaks: 5, violations: [] },
     stillMapped: 0,
     corruptPayloads: 6,
-    uplink: { frames: 0, tcp: 0, udpVerified: 0, udpCorrupt: 6, other: 0, firstError: null },
+    uplink: { frames: 0, tcp: 0, udpVerified: 0, udpCorrupt: 6, udpCorruptHostile: 0, other: 0, firstError: null },
     peer: { frames: 0, dataBytes: 0, corruptSegments: 0, badFrames: 0 },
     notes: [],
   };

@@ -1,0 +1,447 @@
+// The adversary catalogue (frontend/adversary.ts) against the running backend of a thread-mode stress run. This
+// host lives in the backend worker's thread (tools/stress/backend-worker.ts), next to the live Dom0Backend that went
+// through the run's faults: adversary domains are real domains (the toolstack introduces them to the xenstore and
+// adds their vif; the backend's own xenbus watch probes it, as for any guest), playing raw rings, grants and event
+// channels from this thread; two honest guests run the real netfront here too, hand-connected to vifs on the same
+// bridge, and are stepped in every softirq round. Time is the backend's real clock.
+//
+// Departures from the one-thread rig (frontend/adversary-rig.ts): time is real, so run() waits for rounds instead of
+// making them; grant-return notices of the honest guests are handed over in their next step (no MessagePort).
+import * as Comlink from 'comlink';
+import type { BackendRuntime, Dom0Backend } from '../../backend/loop.js';
+import { Xenvif } from '../../backend/xenvif.js';
+import type { Clock } from '../../shared/clock.js';
+import type { EvtchnHost } from '../../shared/evtchn.js';
+import { GNTMAP_host_map, GNTST_okay, GrantTable } from '../../shared/gnttab.js';
+import type { GrantReturnMessage } from '../../shared/grant-return.js';
+import { ipv4 } from '../../shared/inet.js';
+import { GuestMemory } from '../../shared/memory.js';
+import { XEN_NETIF_GSO_TYPE_TCPV4, XEN_NETIF_RX_SLOT_SIZE, XEN_NETIF_TX_SLOT_SIZE } from '../../shared/netif.js';
+import { err, ok, type Result } from '../../shared/result.js';
+import { attachBackRing, type BackRing } from '../../shared/ring.js';
+import { vifFrontendPath } from '../../shared/xenbus.js';
+import { XenstoreClient } from '../../shared/xenstore-client.js';
+import type { BackendHostApi } from '../toolstack.js';
+import { ADVERSARY_CASES, runAdversaryCase, type AdversaryHost, type AdversaryResult, type DeviceStatus, type HonestHealth, type HostAudit, type HostGuest, type VifStatus } from '../../frontend/adversary.js';
+import { NetfrontDriver, type GuestSource } from '../../frontend/loop.js';
+import { Netfront, type TxPacket } from '../../frontend/netfront.js';
+import { TxFrame, type Flow } from '../../frontend/traffic.js';
+
+/** Honest guests the host runs next to the adversaries. */
+export const THREAD_HONEST_GUESTS = 2;
+/** How long an exchange of the honest guests may take, ms. */
+export const EXCHANGE_MS = 5000;
+/** How long past its deadline a wait ends on its own when no round comes (the loop died), ms. */
+const DEAD_LOOP_GRACE_MS = 100;
+/** How long step() lets xenstore messages cross between threads before its round, ms. */
+export const STEP_SETTLE_MS = 30;
+/**
+ * Cases that keep frames "mapped and waiting" in the stack across a step and a xenstore state change: on virtual time
+ * the rig's NIC never completes meanwhile; on real time it would within 0.05 ms, so the tap holds its clones (and
+ * with them the pages) this long during the case, ms.
+ */
+export const HOLD_CASES: ReadonlyMap<string, number> = new Map([
+  ['state-flap-in-flight', 500],
+  ['die-with-grants-mapped', 500],
+]);
+
+/** A guest's MAC (the toolstack's plan: Xen's OUI and the domid). */
+function mac(domid: number): number {
+  return 0x00_16_3e_00_00_00 + domid;
+}
+
+/** A guest's IPv4 address (the toolstack's plan). */
+function ip(domid: number): number {
+  return ipv4(10, 0, (domid >>> 8) & 0xff, domid & 0xff);
+}
+
+// UDP frames queued by the host, sent as fast as the ring allows.
+class QueuedSource implements GuestSource {
+  readonly maxFrameLen = 1514;
+  private readonly queue: { flow: Flow; len: number }[] = [];
+  private readonly frame = new TxFrame();
+  private pos = 0;
+
+  constructor(private readonly domid: number) {}
+
+  add(dstMac: number, dstIp: number, frames: number, len: number): void {
+    const flow: Flow = { srcMac: mac(this.domid), dstMac, saddr: ip(this.domid), daddr: dstIp, sport: 40000 + (this.domid & 0xfff), dport: 9 };
+    for (let i = 0; i < frames; i++) this.queue.push({ flow, len });
+  }
+
+  get pending(): number {
+    return this.queue.length;
+  }
+
+  next(): TxPacket | null {
+    const q = this.queue.shift();
+    if (q === undefined) return null;
+    const p = this.frame.setUdp(q.flow, this.domid, this.pos, q.len - 42, false);
+    this.pos += q.len;
+    return p;
+  }
+}
+
+// An honest guest: the real netfront on a vif connected by hand.
+class Honest {
+  readonly returns: GrantReturnMessage[] = [];
+
+  constructor(
+    readonly domid: number,
+    readonly nf: Netfront,
+    readonly gnttab: GrantTable,
+    readonly driver: NetfrontDriver,
+    readonly source: QueuedSource,
+    readonly vif: Xenvif,
+    readonly handles: readonly number[],
+    readonly port: number,
+  ) {}
+
+  step(now: number): number {
+    let did = 0;
+    for (const m of this.returns) did += this.nf.handleGrantReturns(m.grefs);
+    this.returns.length = 0;
+    return did + this.driver.round(now, true);
+  }
+}
+
+interface Adversary {
+  readonly guest: HostGuest;
+  readonly xs: XenstoreClient;
+  dead: boolean;
+}
+
+/** The catalogue's AdversaryHost over a live backend runtime (one per backend worker). */
+export class ThreadAdversaryHost implements AdversaryHost {
+  readonly backendDomid: number;
+  readonly clock: Clock;
+  readonly remote: { readonly mac: number; readonly ip: number };
+  readonly rxDrainTimeoutMs: number;
+  readonly honest: Honest[] = [];
+  private readonly dom0: Dom0Backend;
+  private readonly adversaries = new Map<number, Adversary>();
+  private readonly roundWaiters: (() => void)[] = [];
+  private each: (() => void) | null = null;
+  private honestError: string | null = null;
+  private settleSteps = false;
+
+  constructor(
+    readonly runtime: BackendRuntime,
+    private readonly evtchn: EvtchnHost,
+    private readonly host: Comlink.Remote<BackendHostApi>,
+  ) {
+    this.dom0 = runtime.dom0;
+    this.backendDomid = this.dom0.config.domid;
+    this.clock = this.dom0.clock;
+    this.remote = this.dom0.config.remote;
+    this.rxDrainTimeoutMs = this.dom0.config.rxDrainTimeoutMs;
+    // Before the backend's own work each round: the case's `each`, the honest guests, then the round waiters.
+    this.dom0.roundHooks.push((now) => {
+      this.each?.();
+      let did = 0;
+      for (const g of this.honest) {
+        try {
+          did += g.step(now);
+        } catch (e) {
+          this.honestError ??= e instanceof Error ? (e.stack ?? e.message) : String(e);
+        }
+      }
+      const w = this.roundWaiters.splice(0);
+      for (const fn of w) fn();
+      return did;
+    });
+  }
+
+  /** Builds the honest guests (once) and teaches the bridge their MACs. */
+  async start(): Promise<void> {
+    if (this.honest.length > 0) return;
+    for (let i = 0; i < THREAD_HONEST_GUESTS; i++) this.honest.push(this.connectHonest(await this.host.allocDomid()));
+    const r = await this.exchange(1);
+    if (!r.ok) throw new Error(`adversary host: warm-up failed: ${r.error}`);
+  }
+
+  /** Plays case `index` of the catalogue; never throws. */
+  async play(index: number): Promise<AdversaryResult> {
+    const c = ADVERSARY_CASES[index];
+    if (c === undefined) return { name: `case ${index}`, handled: false, detail: `no case ${index}`, backendCrashed: false };
+    try {
+      await this.start();
+    } catch (e) {
+      return { name: c.name, handled: false, detail: e instanceof Error ? e.message : String(e), backendCrashed: false };
+    }
+    const hold = HOLD_CASES.get(c.name);
+    const tap = this.dom0.stack.tap;
+    const holdBefore = tap?.hold ?? 0;
+    if (hold !== undefined) tap?.setHoldMs(hold);
+    this.settleSteps = hold !== undefined;
+    try {
+      const r = await runAdversaryCase(c, this);
+      if (process.env['H17_DEBUG'] !== undefined && !r.handled) {
+        const st = this.dom0.stack;
+        const vifs = this.dom0.vifs.map((v) => `${v.vif.name}:${v.vif.state}:held${v.vif.heldGrants().length}:rxq${v.vif.rx?.queuedPackets ?? 0}`).join(',');
+        return { ...r, detail: `${r.detail} [debug live ${this.dom0.liveSkbs()} nic ${st.nic.inFlight}/${st.nic.queued} tap ${st.tap?.holding} vifs ${vifs}]` };
+      }
+      return r;
+    } finally {
+      this.settleSteps = false;
+      if (hold !== undefined) tap?.setHoldMs(holdBefore);
+    }
+  }
+
+  /** Takes the honest guests off the bridge (their grants back first): before the backend finishes. */
+  async shutdown(): Promise<void> {
+    for (const g of this.honest) {
+      await this.run(EXCHANGE_MS, () => g.nf.grantsOutstanding === 0);
+      g.vif.beginDisconnect();
+      await Promise.race([g.vif.whenDrained(), this.sleepMs(EXCHANGE_MS)]);
+      if (g.vif.isDrained()) g.vif.finishDisconnect();
+      for (const h of g.handles) this.dom0.mapper.unmap(h);
+      const ev0 = this.evtchn.domain(this.backendDomid);
+      ev0.unbind(g.port);
+      ev0.close(g.port);
+      g.nf.disconnect();
+      g.nf.dispose();
+      g.gnttab.dispose();
+      g.vif.detach();
+      const i = this.dom0.vifs.findIndex((v) => v.vif === g.vif);
+      if (i >= 0) this.dom0.vifs.splice(i, 1);
+      this.dom0.removeDomain(g.domid);
+    }
+    this.honest.length = 0;
+  }
+
+  private sleepMs(ms: number): Promise<void> {
+    return new Promise((resolve) => setTimeout(resolve, ms));
+  }
+
+  private mapRing(domid: number, ref: number, entryBytes: number, handles: number[]): BackRing {
+    const m = this.dom0.mapper.map({ dom: domid, ref, flags: GNTMAP_host_map });
+    if (m.status !== GNTST_okay || m.bytes === null) throw new Error(`cannot map ring gref ${ref} of d${domid}: status ${m.status}`);
+    handles.push(m.handle);
+    const r = attachBackRing(m.bytes.buffer as SharedArrayBuffer, m.bytes.byteOffset, entryBytes);
+    if (!r.ok) throw new Error(r.error);
+    return r.value;
+  }
+
+  // What netback's connect does for a well-behaved frontend: map both rings, bind the channel, connect the vif.
+  private connectHonest(domid: number): Honest {
+    const dom0 = this.dom0;
+    const memory = GuestMemory.create(1024);
+    const gnttab = new GrantTable({ domid, nrEntries: 2048, clock: this.clock });
+    const ev = this.evtchn.domain(domid);
+    const source = new QueuedSource(domid);
+    const frames: number[] = [];
+    for (let f = 0; f < memory.nrFrames; f++) frames.push(f);
+    const nf = new Netfront({ domid, backendDomid: this.backendDomid, memory, gnttab, evtchn: ev, frames, clock: this.clock });
+    const rings = nf.setupRings();
+    if (!rings.ok) throw new Error(rings.error);
+    let guest: Honest | null = null;
+    dom0.addDomain(domid, gnttab.entries.sab, memory.sab, { postMessage: (m) => void guest?.returns.push(m), close: () => {} });
+    const handles: number[] = [];
+    const txRing = this.mapRing(domid, rings.value.txRingRef, XEN_NETIF_TX_SLOT_SIZE, handles);
+    const rxRing = this.mapRing(domid, rings.value.rxRingRef, XEN_NETIF_RX_SLOT_SIZE, handles);
+    const ev0 = this.evtchn.domain(this.backendDomid);
+    const bound = ev0.bindInterdomain(domid, rings.value.eventChannel);
+    if (!bound.ok) throw new Error(bound.error);
+    const vif = new Xenvif({
+      domid,
+      handle: 0,
+      ctx: dom0.ctx,
+      mapper: dom0.mapper,
+      clock: this.clock,
+      events: dom0.vifEvents(domid),
+      mtu: dom0.config.mtu,
+      rxDrainTimeoutMs: dom0.config.rxDrainTimeoutMs,
+      log: (level, m) => {
+        if (level === 'err') dom0.note(m);
+      },
+    });
+    vif.attach(dom0.stack);
+    dom0.vifs.push({ domid, vif, close: async () => {} });
+    ev0.bind(bound.value, () => vif.interrupt());
+    const port = ev0.port(bound.value);
+    vif.connect({
+      txRing,
+      rxRing,
+      txPort: port,
+      rxPort: port,
+      features: { canSg: true, gsoMask: 1 << XEN_NETIF_GSO_TYPE_TCPV4, ipCsum: true, rxNotify: true },
+      grantReturnPort: { postMessage: (m) => void guest?.returns.push(m) },
+    });
+    guest = new Honest(domid, nf, gnttab, new NetfrontDriver(nf, ev, source), source, vif, handles, bound.value);
+    nf.connect({ sg: true, gsoTcpv4: true, rxCopy: true, multiQueueMaxQueues: 1, splitEventChannels: false });
+    return guest;
+  }
+
+  // ---- AdversaryHost ----
+
+  async createGuest(): Promise<HostGuest> {
+    const made = await this.host.createDomain();
+    const domid = made.domid;
+    const memory = GuestMemory.create(512);
+    const gnttab = new GrantTable({ domid, nrEntries: 1024, clock: this.clock });
+    const notices: GrantReturnMessage[] = [];
+    this.dom0.addDomain(domid, gnttab.entries.sab, memory.sab, { postMessage: (m) => void notices.push(m), close: () => {} });
+    const xs = XenstoreClient.remote(made.xenstore);
+    const guest: HostGuest = {
+      domid,
+      mac: mac(domid),
+      ip: ip(domid),
+      memory,
+      gnttab,
+      evtchn: this.evtchn.domain(domid),
+      xs,
+      frontendPath: vifFrontendPath(domid, 0),
+      notices,
+    };
+    this.adversaries.set(domid, { guest, xs, dead: false });
+    // What it corrupts in its own pages is its business: the uplink counts it apart from the audit's figure.
+    this.dom0.uplink.hostileSources.add(guest.ip);
+    // The backend's xenbus watch probes the new vif and answers the frontend's Initialising with InitWait.
+    await this.run(5000, () => this.deviceStatus(domid)?.state === 2);
+    return guest;
+  }
+
+  async destroyGuest(domid: number): Promise<void> {
+    const adv = this.adversaries.get(domid);
+    if (adv === undefined || adv.dead) return;
+    adv.dead = true;
+    adv.xs.close();
+    adv.guest.gnttab.dispose();
+    await this.host.destroyDomain(domid);
+    this.dom0.removeDomain(domid);
+    await this.step();
+  }
+
+  run(ms: number, until?: () => boolean, each?: () => void): Promise<boolean> {
+    const end = this.clock.now() + ms;
+    if (until?.() === true) return Promise.resolve(true);
+    this.each = each ?? null;
+    return new Promise<boolean>((resolve) => {
+      let done = false;
+      const finish = (v: boolean): void => {
+        if (done) return;
+        done = true;
+        clearTimeout(timer);
+        this.each = null;
+        resolve(v);
+      };
+      const check = (): void => {
+        if (done) return;
+        if (until?.() === true) finish(true);
+        else if (this.clock.now() >= end) finish(until === undefined);
+        else this.roundWaiters.push(check);
+      };
+      // A loop that died runs no more rounds: the deadline still ends the wait.
+      const timer = setTimeout(() => finish(until === undefined ? true : until()), ms + DEAD_LOOP_GRACE_MS);
+      this.roundWaiters.push(check);
+    });
+  }
+
+  // One round; in a case that holds the NIC, after the xenstore's messages had time to cross between threads.
+  async step(): Promise<void> {
+    if (this.settleSteps) await this.sleepMs(STEP_SETTLE_MS);
+    await new Promise<void>((resolve) => {
+      const timer = setTimeout(resolve, DEAD_LOOP_GRACE_MS);
+      this.roundWaiters.push(() => {
+        clearTimeout(timer);
+        resolve();
+      });
+    });
+  }
+
+  interleave(domid: number, fn: () => void): void {
+    const list = this.dom0.txHooks.get(domid);
+    if (list === undefined) this.dom0.txHooks.set(domid, [fn]);
+    else list.push(fn);
+  }
+
+  vifStatus(domid: number): VifStatus | null {
+    const v = this.dom0.vifs.find((x) => x.domid === domid)?.vif;
+    if (v === undefined) return null;
+    return {
+      state: v.state,
+      disabled: v.disabled,
+      carrier: v.carrier,
+      fatalError: v.fatalError,
+      lastTxError: v.lastTxError,
+      mcastCount: v.mcastCount,
+      rxQueued: v.rx?.queuedPackets ?? 0,
+      stats: { ...v.stats },
+    };
+  }
+
+  deviceStatus(domid: number): DeviceStatus | null {
+    const d = this.runtime.devices.get(`${domid}/0`);
+    if (d === undefined) return null;
+    return { state: d.state, lastError: d.lastError, connects: d.connects, removed: d.removed };
+  }
+
+  honestSendTo(dstMac: number, dstIp: number, frames: number, len: number): void {
+    this.honest[0]!.source.add(dstMac, dstIp, frames, len);
+  }
+
+  honestHealth(): HonestHealth {
+    let outstanding = 0;
+    let rxVerified = 0;
+    let rxCorrupt = 0;
+    let badReturns = 0;
+    let broken = false;
+    for (const g of this.honest) {
+      const s = g.nf.stats;
+      outstanding += g.nf.grantsOutstanding;
+      rxVerified += s.rxVerified;
+      rxCorrupt += s.rxCorruptPayloads;
+      badReturns += s.endAccessFailures + s.badGrantReturns;
+      broken ||= g.nf.broken || g.vif.disabled;
+    }
+    return { outstanding, rxVerified, rxCorrupt, badReturns, broken };
+  }
+
+  async exchange(frames: number, each?: () => void): Promise<Result<void>> {
+    const n = this.honest.length;
+    const up0 = this.dom0.uplink.stats.udpVerified;
+    const rx0 = this.honest.map((g) => g.nf.stats.rxVerified);
+    const h0 = this.honestHealth();
+    const big = Math.ceil(frames / 2);
+    for (const g of this.honest) {
+      const dests: [number, number][] = this.honest.filter((o) => o !== g).map((o) => [mac(o.domid), ip(o.domid)]);
+      dests.push([this.remote.mac, this.remote.ip]);
+      for (const [m, a] of dests) {
+        g.source.add(m, a, big, 1400);
+        g.source.add(m, a, frames - big, 120);
+      }
+    }
+    const want = frames * (n - 1);
+    const done = (): boolean =>
+      this.honest.every((g, i) => g.source.pending === 0 && g.nf.stats.rxVerified - rx0[i]! >= want && g.nf.grantsOutstanding === 0) &&
+      this.dom0.uplink.stats.udpVerified - up0 >= frames * n;
+    const finished = await this.run(EXCHANGE_MS, done, each);
+    const h1 = this.honestHealth();
+    if (h1.rxCorrupt !== h0.rxCorrupt) return err(`${h1.rxCorrupt - h0.rxCorrupt} corrupt payloads received`);
+    if (h1.badReturns !== h0.badReturns) return err(`${h1.badReturns - h0.badReturns} bad grant returns (still mapped, or not outstanding)`);
+    if (h1.broken) return err('an honest guest is broken or its vif disabled');
+    if (this.honestError !== null) return err(`an honest guest threw: ${this.honestError}`);
+    if (!finished) {
+      const got = this.honest.map((g, i) => `d${g.domid}: ${g.nf.stats.rxVerified - rx0[i]!}/${want} received, ${g.source.pending} unsent, ${g.nf.grantsOutstanding} grants out`);
+      return err(`exchange of ${frames} frames did not finish in ${EXCHANGE_MS} ms: ${got.join('; ')}; uplink ${this.dom0.uplink.stats.udpVerified - up0}/${frames * n}`);
+    }
+    return ok(undefined);
+  }
+
+  uplink(): { readonly udpVerified: number; readonly udpCorrupt: number; readonly other: number } {
+    const s = this.dom0.uplink.stats;
+    return { udpVerified: s.udpVerified, udpCorrupt: s.udpCorrupt + s.udpCorruptHostile, other: s.other };
+  }
+
+  audit(): HostAudit {
+    const o = this.dom0.oracle.report;
+    return {
+      earlyReturns: o.earlyReturns,
+      doubleReturns: o.doubleReturns,
+      leaks: o.leaks,
+      violations: o.violations.map((v) => v.message),
+      backendError: this.runtime.failure,
+    };
+  }
+}
