@@ -1,20 +1,17 @@
-// `npm run lab`: the JSON contract (every design × every workload, the documented keys, claims with figures and
-// verdicts), the files it writes, reproducibility by seed, exit codes and exact usage errors.
+// `npm run lab` as a command: the entry point's output (progress, table, JSON last line, files), exit codes and exact
+// usage errors. The contract with every design and reproducibility are in lab-contract.test.ts.
 import test from 'ava';
 import { spawn } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { EXIT_OK, EXIT_UNSOUND, EXIT_USAGE, main, markdownPath, parseArgs, usage } from '../../tools/lab/cli.js';
 import { labDesigns, type LabDesign } from '../../tools/lab/designs.js';
-import { SPEED_FIELDS, type LabResult } from '../../tools/lab/results.js';
-import { runLab } from '../../tools/lab/runner.js';
+import type { LabResult } from '../../tools/lab/results.js';
 import { WORKLOADS } from '../../tools/lab/workloads.js';
 
 const ENTRY = fileURLToPath(new URL('../../tools/lab.js', import.meta.url));
-/** The documented keys of each result, in order, first. */
-const RESULT_KEYS = ['design', 'workload', 'earlyReturns', 'doubleReturns', 'leaks', 'lateP99', 'copiedBytesPerByte', 'allocsPerPacket', 'refOpsPerPacket', 'pps'];
 
 function run(args: readonly string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
   return new Promise((resolve, reject) => {
@@ -43,55 +40,9 @@ function tempDir(t: { teardown(fn: () => void): void }): string {
 function runMain(argv: readonly string[], designs?: readonly LabDesign[]): { code: number; out: string[]; err: string[] } {
   const out: string[] = [];
   const err: string[] = [];
-  const code = main(argv, { out: (l) => out.push(l), err: (l) => err.push(l) }, { warmup: false, ...(designs !== undefined && { designs }) });
+  const code = main(argv, { out: (l) => out.push(l), err: (l) => err.push(l) }, { warmup: false, speedPasses: 1, ...(designs !== undefined && { designs }) });
   return { code, out, err };
 }
-
-test('every design × every workload: one object per run with the documented keys first, claims with figures and verdicts', (t) => {
-  const dir = tempDir(t);
-  const file = join(dir, 'lab.json');
-  const r = runMain(['--seconds', '0.02', '--json', '--out', file, '--md']);
-  const designs = labDesigns();
-  const j = JSON.parse(r.out[r.out.length - 1]!) as { results: LabResult[]; claims: { claim: string; measured: string; verdict: string }[] };
-  t.is(j.results.length, designs.length * WORKLOADS.length);
-  if (designs.length >= 9) t.true(j.results.length >= 9 * 5);
-  for (const row of j.results) t.deepEqual(Object.keys(row).slice(0, RESULT_KEYS.length), RESULT_KEYS);
-  t.deepEqual(
-    [...new Set(j.results.map((x) => x.design))],
-    designs.map((d) => d.name),
-  );
-  // Every design meant to be sound is clean; the negative control is caught where the seeds say it breaks.
-  for (const row of j.results) if (row.expectedSound) t.true(row.safe, `${row.design} × ${row.workload}: ${row.firstViolation}`);
-  t.is(r.code, EXIT_OK);
-  const naiveEarly = j.results.filter((x) => x.design === 'naive').reduce((n, x) => n + x.earlyReturns, 0);
-  t.true(naiveEarly > 0);
-  for (const c of j.claims) t.true(c.claim.length > 0 && c.measured.length > 0 && c.verdict.length > 0);
-  const measured = j.claims.filter((c) => !c.verdict.startsWith('not measured')).length;
-  // Four claims need only rusty and naive; all eight once every design exists.
-  t.true(measured >= (designs.length >= 11 ? 8 : 4), `${measured} claims measured`);
-  // The file holds the same object; the markdown report has the table and the claims.
-  t.deepEqual(JSON.parse(readFileSync(file, 'utf8')), j);
-  const md = readFileSync(markdownPath(file), 'utf8');
-  t.regex(md, /^\| design \| workload \| safe \|/m);
-  t.regex(md, /^## The debate's claims$/m);
-});
-
-test('two runs with one seed give identical results and untimed claims, warm-up or not (speed aside)', (t) => {
-  const designs = labDesigns().filter((d) => d.name === 'rusty' || d.name === 'naive');
-  const opts = { designs, workloads: WORKLOADS, seconds: 0.03, seed: 42, timing: false, probeDraws: 4 };
-  const a = runLab({ ...opts, warmup: true });
-  const b = runLab({ ...opts, warmup: false });
-  const strip = (rows: readonly LabResult[]): unknown[] =>
-    rows.map((r) => {
-      const o: Record<string, unknown> = { ...r };
-      for (const k of SPEED_FIELDS) delete o[k];
-      return o;
-    });
-  t.deepEqual(strip(a.results), strip(b.results));
-  t.deepEqual(a.claims, b.claims);
-  const c = runLab({ ...opts, seed: 43, warmup: false });
-  t.notDeepEqual(strip(c.results), strip(a.results), 'another seed changes the figures');
-});
 
 test('the entry point: progress on stderr, the table on stdout, the JSON object as the last line, exit 0', async (t) => {
   const dir = tempDir(t);
@@ -99,10 +50,11 @@ test('the entry point: progress on stderr, the table on stdout, the JSON object 
   const r = await run(['--designs', 'rusty,naive', '--workloads', 'tcp-loss,fuzz', '--seconds', '0.02', '--seed', '5', '--json', '--out', file]);
   t.is(r.code, 0, r.stderr);
   t.regex(r.stderr, /^lab: 2 designs × 2 workloads, 0\.02 virtual s each, seed 5$/m);
-  t.regex(r.stderr, /^lab: \[4\/4\] naive × fuzz: \d+ packets, unsafe \(expected\): /m);
+  t.regex(r.stderr, /^lab: \[\d\/8\] naive × fuzz: \d+ packets, unsafe \(expected\): /m);
+  t.regex(r.stderr, /^lab: \[8\/8\] (rusty|naive) × fuzz: timing pass 2, \d+\.\d\d s$/m);
   t.regex(r.stdout, /^design +workload +safe +early/);
   t.regex(r.stdout, /^naive +fuzz +no /m);
-  t.regex(r.stdout, /^ {2}naive × fuzz: seed \d+: .*breaking op: \w+ a=\d+ b=\d+ c=\d+ \(replay: npm run fuzz -- --seed \d+ --runs 1 --design naive\)$/m);
+  t.regex(r.stdout, /^ {2}naive × fuzz: seed \d+: .*; shrunk to \d+ ops \[build(, \w+)*\], breaking op: \w+ a=\d+ b=\d+ c=\d+ \(replay: npm run fuzz -- --seed \d+ --runs 1 --design naive\)$/m);
   const j = JSON.parse(lastLine(r.stdout)) as { results: LabResult[]; seed: number };
   t.deepEqual(
     j.results.map((x) => `${x.design}/${x.workload}`),

@@ -172,6 +172,7 @@ export function currentMeta(): LabMeta {
 
 function progressLine(p: LabProgress): string {
   const r = p.result;
+  if (p.pass > 1) return `lab: [${p.done}/${p.total}] ${r.design} × ${r.workload}: timing pass ${p.pass}, ${(r.wallMs / 1000).toFixed(2)} s`;
   const safety = r.safe
     ? 'safe'
     : `${r.expectedSound ? 'UNSAFE' : 'unsafe (expected)'}: ${r.earlyReturns} early, ${r.doubleReturns} double, ${r.leaks} leaks, ${r.otherFailures} other`;
@@ -185,6 +186,8 @@ export interface MainOptions {
   readonly designs?: readonly LabDesign[];
   /** Warm the JIT up before timing (default true). */
   readonly warmup?: boolean;
+  /** Timed passes per workload (default 2; see LabOptions). */
+  readonly speedPasses?: number;
 }
 
 /** Runs the CLI; returns the exit code. */
@@ -203,7 +206,7 @@ export function main(argv: readonly string[], io: CliIo, opts: MainOptions = {})
   }
   io.err(`lab: ${args.designs.length} designs × ${args.workloads.length} workloads, ${args.seconds} virtual s each, seed ${args.seed}`);
   const report: LabReport = runLab(
-    { designs: args.designs, workloads: args.workloads, seconds: args.seconds, seed: args.seed, warmup: opts.warmup ?? true },
+    { designs: args.designs, workloads: args.workloads, seconds: args.seconds, seed: args.seed, warmup: opts.warmup ?? true, speedPasses: opts.speedPasses ?? 2 },
     (p) => io.err(progressLine(p)),
   );
   const meta = currentMeta();

@@ -100,11 +100,10 @@ export function runOps(d: LabDesign, runs: number, seed: number): RunMeasure {
   if (firstResult !== null) {
     // Shrink the first failing run (keeping its kind of failure) and name the operation that breaks the design.
     const f = explainFailure(firstSeed, firstOps, firstResult, d.design, true);
-    const last = f.shrunk[f.shrunk.length - 1];
     const why = f.shrunkResult.messages[0] ?? firstResult.messages[0] ?? 'violation';
     first =
-      `seed ${firstSeed}: ${why}; shrunk to ${f.shrunk.length} ops, breaking op: ${last === undefined ? 'none' : formatOp(last)} ` +
-      `(replay: npm run fuzz -- --seed ${firstSeed} --runs 1 --design ${d.name})`;
+      `seed ${firstSeed}: ${why}; shrunk to ${f.shrunk.length} ops [${f.shrunk.map((o) => o.op).join(', ')}], ` +
+      `breaking op: ${breakingOp(f.shrunk, why)} (replay: npm run fuzz -- --seed ${firstSeed} --runs 1 --design ${d.name})`;
   }
   return {
     packets,
@@ -129,6 +128,17 @@ export function runOps(d: LabDesign, runs: number, seed: number): RunMeasure {
     virtualMs: 0,
     notes: [],
   };
+}
+
+/**
+ * The op at which the shrunk sequence's first violation shows (its messages say "at step N" or "step N:"), else
+ * the sequence's last op.
+ */
+export function breakingOp(ops: readonly OpRecord[], message: string): string {
+  const m = /\bstep (\d+)\b/.exec(message);
+  const at = m === null ? ops.length : Number(m[1]);
+  const op = ops[Math.min(ops.length, Math.max(1, at)) - 1];
+  return op === undefined ? 'none' : formatOp(op);
 }
 
 /** The operations the per-operation probe applies (everything but building, duplicating by reference, freeing). */

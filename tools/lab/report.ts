@@ -72,11 +72,18 @@ export function formatClaims(claims: readonly Claim[]): string[] {
   return out;
 }
 
+/** One line per note a run left (aborted holders, a timing pass that did not reproduce the figures). */
+export function formatNotes(results: readonly LabResult[]): string[] {
+  return results.flatMap((r) => r.notes.map((n) => `${r.design} × ${r.workload}: ${n}`));
+}
+
 /** The whole plain-text report (stdout). */
 export function formatText(report: LabReport): string[] {
   const out = [...formatTable(report.results)];
   const v = formatViolations(report.results);
   if (v.length > 0) out.push('', 'violations (first per run, with the operation that breaks the design):', ...v.map((l) => `  ${l}`));
+  const n = formatNotes(report.results);
+  if (n.length > 0) out.push('', 'notes:', ...n.map((l) => `  ${l}`));
   out.push('', 'the debate\'s claims:', ...formatClaims(report.claims));
   return out;
 }
@@ -110,6 +117,11 @@ export function formatMarkdown(report: LabReport, meta: LabMeta): string {
   if (v.length > 0) {
     lines.push('', '## Violations (first per run)', '');
     for (const l of v) lines.push(`- ${l}`);
+  }
+  const n = formatNotes(report.results);
+  if (n.length > 0) {
+    lines.push('', '## Notes', '');
+    for (const l of n) lines.push(`- ${l}`);
   }
   lines.push('', '## The debate\'s claims', '');
   lines.push('| claim | source | measured | verdict | rule |');
