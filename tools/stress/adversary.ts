@@ -175,13 +175,7 @@ export class ThreadAdversaryHost implements AdversaryHost {
     if (hold !== undefined) tap?.setHoldMs(hold);
     this.settleSteps = hold !== undefined;
     try {
-      const r = await runAdversaryCase(c, this);
-      if (process.env['H17_DEBUG'] !== undefined && !r.handled) {
-        const st = this.dom0.stack;
-        const vifs = this.dom0.vifs.map((v) => `${v.vif.name}:${v.vif.state}:held${v.vif.heldGrants().length}:rxq${v.vif.rx?.queuedPackets ?? 0}`).join(',');
-        return { ...r, detail: `${r.detail} [debug live ${this.dom0.liveSkbs()} nic ${st.nic.inFlight}/${st.nic.queued} tap ${st.tap?.holding} vifs ${vifs}]` };
-      }
-      return r;
+      return await runAdversaryCase(c, this);
     } finally {
       this.settleSteps = false;
       if (hold !== undefined) tap?.setHoldMs(holdBefore);
