@@ -11,13 +11,13 @@ import { executeOps } from '../../tools/fuzz/executor.js';
 import { formatOp } from '../../tools/fuzz/ops.js';
 import { opsForSeed } from '../../tools/fuzz/runner.js';
 import { measureClaims, type Claim } from '../../tools/lab/claims.js';
-import type { LabDesign } from '../../tools/lab/designs.js';
-import { breakingOp, BuildObserver, observedDesign, probeOps } from '../../tools/lab/ops.js';
-import { sameFigures } from '../../tools/lab/runner.js';
+import { labDesigns, type LabDesign } from '../../tools/lab/designs.js';
+import { breakingOp, BuildObserver, observedDesign, probeOps, runOps } from '../../tools/lab/ops.js';
+import { runLab, sameFigures } from '../../tools/lab/runner.js';
 import { PromptnessTracker, quantile } from '../../tools/lab/promptness.js';
 import { sumCounters, toResult, withRelativeThroughput, ALLOC_COUNTERS, CALLBACK_COUNTERS, REFOP_COUNTERS, type LabResult } from '../../tools/lab/results.js';
 import type { RunMeasure } from '../../tools/lab/run.js';
-import { PacedSource } from '../../tools/lab/workloads.js';
+import { PacedSource, WORKLOADS } from '../../tools/lab/workloads.js';
 
 // ---- quantiles -----------------------------------------------------------------------------------------------
 
@@ -372,4 +372,45 @@ test('two runs measured the same when all but their wall-clock time agree', (t) 
   t.true(sameFigures(measureOf({ wallMs: 1 }), measureOf({ wallMs: 2 })));
   t.false(sameFigures(measureOf(), measureOf({ packets: 11 })));
   t.false(sameFigures(measureOf(), measureOf({ stats: { ...COUNTERS, pageGets: 5 } })));
+});
+
+test('timing passes alternate the design order and each row keeps its best (shortest) data-path time', (t) => {
+  const designs = labDesigns().filter((d) => d.name === 'rusty' || d.name === 'naive');
+  const seen: { pass: number; design: string; wallMs: number }[] = [];
+  const report = runLab(
+    { designs, workloads: WORKLOADS.filter((w) => w.name === 'fuzz'), seconds: 0.02, seed: 3, timing: false, warmup: false, probeDraws: 2, speedPasses: 3 },
+    (p) => seen.push({ pass: p.pass, design: p.result.design, wallMs: p.result.wallMs }),
+  );
+  t.deepEqual(
+    seen.map((s) => `${s.pass}:${s.design}`),
+    ['1:rusty', '1:naive', '2:naive', '2:rusty', '3:rusty', '3:naive'],
+  );
+  for (const r of report.results) {
+    t.is(r.wallMs, Math.min(...seen.filter((s) => s.design === r.design).map((s) => s.wallMs)), r.design);
+    t.deepEqual(r.notes, []);
+  }
+  t.throws(() => runLab({ designs, workloads: [], seconds: 1, seed: 1, speedPasses: 0 }), { message: 'speedPasses must be a positive integer but got 0' });
+});
+
+test('hash-vs-copy prices the lookups net_priv-hash made per grant, else two per get_page', (t) => {
+  const tcp = rowOf('rusty', 'tcp-loss', { pageGetsPerGrant: 3 });
+  const withHash = rowOf('net_priv-hash', 'tcp-loss', { grants: 10, counters: { hashLookups: 70 } });
+  const all = measureClaims({ results: [tcp, withHash], designs: [], seed: 1, timing: true, probeDraws: 1 });
+  const only = measureClaims({ results: [tcp], designs: [], seed: 1, timing: true, probeDraws: 1 });
+  t.is(claim(all, 'hash-vs-copy').figures['lookupsPerPage'], 7);
+  t.is(claim(only, 'hash-vs-copy').figures['lookupsPerPage'], 6);
+  const c = claim(only, 'hash-vs-copy');
+  const { lookupNs, copyNs } = c.figures as { lookupNs: number; copyNs: number };
+  t.true(lookupNs > 0 && copyNs > 0);
+  t.is(c.verdict, 6 * lookupNs >= copyNs / 2 ? 'holds' : `holds only when a page is looked up at least ${Math.ceil(copyNs / (2 * lookupNs))} times (measured: 6)`);
+});
+
+test('the op-sequence workload adds up the stack counters of every run', (t) => {
+  const d: LabDesign = { name: 'rusty', design: rusty, expectedSound: true, bookkeeping: null, source: null };
+  const both = runOps(d, 2, 7);
+  const a = runOps(d, 1, 7);
+  const b = runOps(d, 1, 8);
+  t.true((both.stats['skbAllocs'] ?? 0) > 0);
+  for (const k of Object.keys(both.stats)) t.is(both.stats[k], (a.stats[k] ?? 0) + (b.stats[k] ?? 0), k);
+  t.is(both.packets, a.packets + b.packets);
 });

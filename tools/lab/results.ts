@@ -48,6 +48,7 @@ export interface LabResult {
   readonly pageGetsPerGrant: number;
   readonly bookkeepingBytesPerPage: number | null;
   readonly bookkeepingBytesPerSkb: number | null;
+  readonly bookkeepingBytesPerPacket: number | null;
   readonly wallMs: number;
   readonly steps: number;
   readonly virtualMs: number;
@@ -117,6 +118,7 @@ export function toResult(d: LabDesign, workload: string, m: RunMeasure): LabResu
     pageGetsPerGrant: per(s['pageGets'] ?? 0, m.mapped),
     bookkeepingBytesPerPage: d.bookkeeping === null ? null : d.bookkeeping.perPage,
     bookkeepingBytesPerSkb: d.bookkeeping === null ? null : d.bookkeeping.perSkb,
+    bookkeepingBytesPerPacket: d.bookkeeping?.perPacket ?? null,
     wallMs: m.wallMs,
     steps: m.steps,
     virtualMs: m.virtualMs,
