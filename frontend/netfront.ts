@@ -63,6 +63,8 @@ import { err, ok, type Result } from '../shared/result.js';
 import { FrontRing, RING_OVERFLOW, sharedRingInit } from '../shared/ring.js';
 import { FrameVerifier, RX_BAD_CHECKSUM, RX_BAD_FRAME, RX_CORRUPT_PAYLOAD, RX_UNVERIFIED, RX_VERIFIED } from './traffic.js';
 
+/** transmit() publishes its requests every this many frames and after the last (Linux defers with xmit_more). */
+export const NETFRONT_TX_PUSH_EVERY = 8;
 /** Byte a page is filled with once its grant came back: any later read of it shows as a corrupt payload. */
 export const NETFRONT_POISON = 0xdb;
 
@@ -135,6 +137,11 @@ export interface TxPacket {
   readonly gsoSize: number;
   /** Writes the whole frame contiguously at `off`. */
   writeTo(buf: Uint8Array, off: number): void;
+  /**
+   * Optional: writes the frame across `count` pages, from `offset` to the end of pages[0], then from 0 in each
+   * next page (a frame spanning pages is then written in place instead of through netfront's scratch buffer).
+   */
+  writePages?(pages: readonly Uint8Array[], count: number, offset: number): void;
 }
 
 /** Where transmit(budget) takes frames from. */
@@ -428,6 +435,7 @@ export class Netfront {
   private evport: EventPort | null = null;
   // Scratch, built once.
   private readonly txScratch = new Uint8Array(XEN_NETIF_MAX_TX_SIZE);
+  private readonly txPageViews: Uint8Array[] = [];
   private readonly rxScratch = new Uint8Array(NETFRONT_RX_MAX_FRAME);
   private readonly txReq: TxRequestFields = TxRequest.create();
   private readonly txRsp: TxResponseFields = TxResponse.create();
@@ -715,7 +723,10 @@ export class Netfront {
     return tx.freeRequests() >= pages + 1 && this.poolTop >= pages && this.gnttab.freeCount >= pages && this.txIdFreeTop >= pages;
   }
 
-  /** Sends up to `budget` frames from `source`, pushing each and notifying the backend once if the ring says so. */
+  /**
+   * Sends up to `budget` frames from `source`, publishing them every NETFRONT_TX_PUSH_EVERY frames and at the end,
+   * and notifying the backend once if any push crossed req_event.
+   */
   transmit(budget: number, source: TxSource): number {
     if (!this.connected || this.broken) return 0;
     const now = this.clock.now();
@@ -893,6 +904,18 @@ export class Netfront {
       const frame = this.pool[this.poolTop - 1]!;
       p.writeTo(mem.frame(frame), off);
       this.markDirty(frame, off, off + len);
+    } else if (p.writePages !== undefined) {
+      const views = this.txPageViews;
+      let done = 0;
+      for (let i = 0; i < pages; i++) {
+        const frame = this.pool[this.poolTop - 1 - i]!;
+        const at = i === 0 ? off : 0;
+        const n = Math.min(len - done, XEN_PAGE_SIZE - at);
+        views[i] = mem.frame(frame);
+        this.markDirty(frame, at, at + n);
+        done += n;
+      }
+      p.writePages(views, pages, off);
     } else {
       p.writeTo(this.txScratch, 0);
       let done = 0;

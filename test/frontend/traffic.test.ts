@@ -24,9 +24,13 @@ import {
   l4ChecksumOk,
   parseIpv4Header,
   pseudoHeaderSum,
+  writeIpv4Header,
+  writeL4Checksum,
+  writeTcpHeader,
+  writeUdpHeader,
 } from '../../shared/inet.js';
 import { NETRXF_csum_blank, NETRXF_data_validated } from '../../shared/netif.js';
-import { checkTaggedPayload, fillPattern, findPatternMismatch } from '../../shared/payload.js';
+import { checkTaggedPayload, fillPattern, findPatternMismatch, writeTaggedPayload } from '../../shared/payload.js';
 import { Random } from '../../shared/random.js';
 import { rusty } from '../../backend/release.js';
 import { SkbContext, kfreeSkb } from '../../backend/skbuff.js';
@@ -121,6 +125,70 @@ for (const csumBlank of [false, true]) {
     t.true(l4ChecksumOk(b, l4, l4len, IPPROTO_UDP, FLOW.saddr, FLOW.daddr));
   });
 }
+
+// The frame as the inet.ts and payload.ts primitives build it, contiguously: what every writer must produce.
+function referenceFrame(f: TxFrame): Uint8Array {
+  const b = new Uint8Array(f.len);
+  const udp = f.kind !== FRAME_TCP;
+  const l4hdr = udp ? UDP_HLEN : TCP_HLEN;
+  const l4len = l4hdr + f.payloadLen;
+  const proto = udp ? IPPROTO_UDP : IPPROTO_TCP;
+  writeEthHeader(b, 0, f.dstMac, f.srcMac, ETH_P_IP);
+  writeIpv4Header(b, ETH_HLEN, { totalLen: IPV4_HLEN + l4len, id: f.ipId, ttl: f.ttl, proto, saddr: f.saddr, daddr: f.daddr });
+  const l4 = ETH_HLEN + IPV4_HLEN;
+  if (udp) {
+    writeUdpHeader(b, l4, f.sport, f.dport, l4len);
+    writeTaggedPayload(b, l4 + UDP_HLEN, f.payloadLen, f.stream, f.pos);
+  } else {
+    writeTcpHeader(b, l4, { sport: f.sport, dport: f.dport, seq: f.seq, ack: f.ack, flags: f.tcpFlags, window: f.window });
+    fillPattern(b, l4 + TCP_HLEN, f.payloadLen, f.stream, f.pos);
+  }
+  writeL4Checksum(b, l4, l4len, proto, f.saddr, f.daddr, f.csumBlank);
+  return b;
+}
+
+testProp(
+  'writeTo (into a shared page) and writePages (across pages, from any offset) write exactly the reference frame',
+  [
+    fc.boolean(),
+    fc.oneof(fc.integer({ min: 0, max: 3000 }), fc.integer({ min: 0, max: 65535 - ETH_HLEN - IPV4_HLEN - TCP_HLEN })),
+    fc.boolean(),
+    fc.nat({ max: 0xffffffff }),
+    fc.nat({ max: 0xffffffff }),
+    fc.nat({ max: 0xffff }),
+    fc.nat({ max: 4096 - ETH_HLEN }),
+  ],
+  (t, udp, size, csumBlank, stream, pos, ipId, offset) => {
+    const f = new TxFrame();
+    if (udp) f.setUdp(FLOW, stream, pos, Math.max(8, Math.min(size, 0xffff - IPV4_HLEN - UDP_HLEN)), csumBlank);
+    else f.setTcp(FLOW, stream, pos ^ 0x5a5a, TCPHDR_ACK, ipId, stream, pos, size, 0);
+    f.csumBlank = csumBlank;
+    f.ipId = ipId;
+    const want = referenceFrame(f);
+    const mem = new Uint8Array(new SharedArrayBuffer(20 * 4096)).fill(0xee);
+    const pages = Array.from({ length: 20 }, (_, i) => mem.subarray(i * 4096, (i + 1) * 4096));
+    const n = Math.ceil((offset + f.len) / 4096);
+    f.writePages(pages, n, offset);
+    t.deepEqual(mem.subarray(offset, offset + f.len), want);
+    t.true(mem.subarray(0, offset).every((x) => x === 0xee) && mem.subarray(offset + f.len).every((x) => x === 0xee), 'nothing outside the frame');
+    if (offset + f.len <= 4096) {
+      const page = new Uint8Array(new SharedArrayBuffer(4096)).fill(0xee);
+      f.writeTo(page, offset);
+      t.deepEqual(page.subarray(offset, offset + f.len), want);
+      t.true(page.subarray(0, offset).every((x) => x === 0xee) && page.subarray(offset + f.len).every((x) => x === 0xee));
+    }
+    t.deepEqual(f.toBytes(), want);
+  },
+  { numRuns: 60 },
+);
+
+test('writeTo and writePages refuse a frame that does not fit where it is asked to go', (t) => {
+  const f = new TxFrame().setUdp(FLOW, 1, 0, 200, false);
+  t.throws(() => f.writeTo(new Uint8Array(100), 0), { message: `frame of ${f.len} bytes does not fit at 0 in 100 bytes` });
+  t.throws(() => f.writeTo(new Uint8Array(300), 100), { message: `frame of ${f.len} bytes does not fit at 100 in 300 bytes` });
+  const pages = [new Uint8Array(4096), new Uint8Array(4096)];
+  t.throws(() => f.writePages(pages, 1, 4000), { message: `1 pages from offset 4000 hold 96 of the frame's ${f.len} bytes` });
+});
 
 test('a short UDP frame is padded with zeros to ETH_ZLEN; the IPv4 length excludes the padding', (t) => {
   const b = new TxFrame().setUdp(FLOW, 1, 0, 9, false).toBytes();
