@@ -188,7 +188,24 @@ test('a paced source sends at most burst + rate × time frames, asks its source 
 
 // ---- counters to metrics ---------------------------------------------------------------------------------------
 
-const COUNTERS = { skbAllocs: 3, shinfoAllocs: 1, pageAllocs: 2, tokenAllocs: 4, pageGets: 4, pagePuts: 5, parentRefs: 1, destructorCalls: 2, bytesCopied: 50, segments: 9 };
+const COUNTERS = {
+  skbAllocs: 3,
+  shinfoAllocs: 1,
+  pageAllocs: 2,
+  designAllocs: 4,
+  pageGets: 4,
+  pagePuts: 5,
+  parentRefs: 1,
+  destructorCalls: 1,
+  netPageCallbacks: 1,
+  tokensFinished: 0,
+  pageReleases: 0,
+  zerocopySuccess: 0,
+  zerocopyFail: 0,
+  bytesCopied: 50,
+  segments: 9,
+  hashLookups: 7,
+};
 
 function measureOf(over: Partial<RunMeasure> = {}): RunMeasure {
   return {
@@ -217,10 +234,15 @@ function measureOf(over: Partial<RunMeasure> = {}): RunMeasure {
 
 const DESIGN: LabDesign = { name: 'rusty', design: rusty, expectedSound: true, bookkeeping: { perPage: 0, perSkb: 16 }, source: null };
 
-test('counters become per-packet costs: every *Allocs, every *Gets/*Puts/*Refs, every *Calls/*Callbacks', (t) => {
+test('counters become per-packet costs: every *Allocs, every *Gets/*Puts/*Refs, every kind of callback', (t) => {
   t.is(sumCounters(COUNTERS, ALLOC_COUNTERS), 10);
   t.is(sumCounters(COUNTERS, REFOP_COUNTERS), 10);
   t.is(sumCounters(COUNTERS, CALLBACK_COUNTERS), 2);
+  for (const k of ['tokensFinished', 'pageReleases', 'zerocopySuccess', 'zerocopyFail', 'zccdCalls', 'ownerCallbacks']) {
+    t.is(sumCounters({ ...COUNTERS, [k]: 10 }, CALLBACK_COUNTERS), 12, k);
+  }
+  t.is(sumCounters({ designRefOps: 3 }, REFOP_COUNTERS), 3);
+  t.is(sumCounters({ hashLookups: 3, netPageCallbacks: 1 }, REFOP_COUNTERS), 0);
   const r = toResult(DESIGN, 'tap', measureOf());
   t.like(r, {
     design: 'rusty',
@@ -413,4 +435,34 @@ test('the op-sequence workload adds up the stack counters of every run', (t) => 
   t.true((both.stats['skbAllocs'] ?? 0) > 0);
   for (const k of Object.keys(both.stats)) t.is(both.stats[k], (a.stats[k] ?? 0) + (b.stats[k] ?? 0), k);
   t.is(both.packets, a.packets + b.packets);
+});
+
+test('op sequences count a packet as completed when its last page is back, and as copied when a page came back copied', (t) => {
+  const ubuf = labDesigns().find((d) => d.name === 'ubuf')!;
+  const u = runOps(ubuf, 40, 1);
+  t.true(u.copiedCompletions > 0 && u.copiedCompletions < u.zerocopyCompletions, `${u.copiedCompletions} of ${u.zerocopyCompletions}`);
+  const r = runOps({ name: 'rusty', design: rusty, expectedSound: true, bookkeeping: null, source: null }, 40, 1);
+  t.is(r.copiedCompletions, 0);
+  // Every packet with mapped pages completes once all of them are back (the runs end quiescent).
+  t.true(r.zerocopyCompletions > 0 && r.zerocopyCompletions <= r.packets);
+});
+
+test('the wrapper completes a packet at its last page and passes every release through unchanged', (t) => {
+  const released: [number, boolean | undefined][] = [];
+  const sink = { release: (p: Page, ok?: boolean) => void released.push([p.id, ok]) };
+  let given: { pages: readonly Page[]; sink: { release(p: Page, ok?: boolean): void } } | null = null;
+  const inner = { ...rusty, attach: (_s: SkBuff, pages: readonly Page[], s: typeof sink) => void (given = { pages, sink: s }) };
+  const obs = new BuildObserver();
+  const w = observedDesign(inner, obs);
+  const skb = { ctx: {}, len: 300 } as unknown as SkBuff;
+  w.attach(skb, [page(1), page(2)], sink);
+  t.deepEqual({ packets: obs.packets, bytes: obs.bytes, pages: obs.pages }, { packets: 1, bytes: 300, pages: 2 });
+  given!.sink.release(page(2), false);
+  t.is(obs.completions, 0, 'one page is still out');
+  given!.sink.release(page(1));
+  t.deepEqual({ done: obs.completions, copied: obs.copiedCompletions }, { done: 1, copied: 1 });
+  t.deepEqual(released, [
+    [2, false],
+    [1, undefined],
+  ]);
 });

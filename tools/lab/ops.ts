@@ -1,8 +1,8 @@
 // The fuzzer's operation sequences as a lab workload (tools/fuzz): `runs` seeded op lists, each executed on a fresh
 // stack by the fuzz executor and checked by its oracle after every step. The design is wrapped (prototype
 // delegation, behaviour unchanged) only to see netback's builds: the stack's counters and the packets and bytes
-// that entered, and which releases completed as copied. A failing design is reported with its first failing
-// seed's shrunk sequence and that sequence's last operation.
+// that entered, and which packets completed as copied. A failing design is reported with its first failing
+// seed's shrunk sequence and the operation at which that sequence's first violation shows.
 import type { Page } from '../../backend/page.js';
 import type { GrantSink, ReleaseDesign } from '../../backend/release.js';
 import type { SkBuff, SkbContext } from '../../backend/skbuff.js';
@@ -35,14 +35,15 @@ export function observedDesign(design: ReleaseDesign, obs: BuildObserver): Relea
     let left = pages.length;
     let copied = false;
     const counting: GrantSink = {
-      release(page: Page, ...rest: unknown[]): void {
-        // A design may say the frags were copied (mainline's zerocopy_success = false) as a second argument.
-        if (rest[0] === false) copied = true;
+      release(page: Page, zerocopySuccess?: boolean): void {
+        // mainline's zerocopy_success = false: the frags were copied instead.
+        if (zerocopySuccess === false) copied = true;
         if (--left === 0) {
           obs.completions++;
           if (copied) obs.copiedCompletions++;
         }
-        (sink.release as (page: Page, ...r: unknown[]) => void).call(sink, page, ...rest);
+        if (zerocopySuccess === undefined) sink.release(page);
+        else sink.release(page, zerocopySuccess);
       },
     };
     design.attach(skb, pages, counting);

@@ -71,10 +71,13 @@ export function sumCounters(stats: Readonly<Record<string, number>>, re: RegExp)
 
 /** Allocations: every counter named *Allocs (skbs, shinfos, heads, pages, and any a design adds, e.g. tokens). */
 export const ALLOC_COUNTERS = /Allocs$/;
-/** Reference-count operations: page gets and puts, parent (orig) references, and any *Gets/*Puts/*Refs a design adds. */
-export const REFOP_COUNTERS = /(Gets|Puts|Refs)$/;
-/** Callback invocations: destructor calls and any *Calls/*Callbacks a design adds. */
-export const CALLBACK_COUNTERS = /(Calls|Callbacks)$/;
+/** Reference-count operations: page gets and puts, parent (orig) references, and any *Gets/*Puts/*Refs/*RefOps a design adds. */
+export const REFOP_COUNTERS = /(Gets|Puts|Refs|RefOps)$/;
+/**
+ * Callback invocations: shinfo destructors, net_priv's get/put callbacks, token finish callbacks, per-page
+ * destructors, ubuf completions (success or not), and any *Calls/*Callbacks a design adds.
+ */
+export const CALLBACK_COUNTERS = /^(tokensFinished|pageReleases|zerocopySuccess|zerocopyFail)$|(Calls|Callbacks)$/;
 
 const per = (n: number, d: number): number => (d > 0 ? n / d : 0);
 

@@ -120,17 +120,18 @@ export function runSystem(d: LabDesign, w: SystemWorkload, seconds: number, seed
     const stalled = new Set(w.stalled);
     const runEnd = seconds * 1000;
 
-    /** One lab step; returns the work done. */
-    const stepOnce = (transmit: boolean, stall: boolean, until: number): number => {
+    /** One lab step (`running`: guests transmit and stalled guests stall); returns the work done. */
+    const stepOnce = (running: boolean, until: number): number => {
       step++;
       dom0.oracle.step = step;
+      const stall = running && clock.now() >= w.stallAfterMs;
       const t0 = performance.now();
       let did = 0;
       const guests = theRig.guests;
       for (let i = 0; i < guests.length; i++) {
         const g: RigGuest = guests[i]!;
         if (stall && stalled.has(g.domid)) continue;
-        did += theRig.guestStep(g, transmit);
+        did += theRig.guestStep(g, running);
       }
       did += theRig.backendStep();
       wallMs += performance.now() - t0;
@@ -140,23 +141,24 @@ export function runSystem(d: LabDesign, w: SystemWorkload, seconds: number, seed
         clock.advance(BUSY_STEP_MS);
       } else {
         let next = Math.min(dom0.nextDeadline(), clock.nextDeadline(), until);
-        if (transmit) for (const s of sources) next = Math.min(next, s.nextDeadline());
-        if (stall && now < w.stallAfterMs) next = Math.min(next, w.stallAfterMs);
+        if (running) for (const s of sources) next = Math.min(next, s.nextDeadline());
+        // Never idle past the moment the stall begins.
+        if (running && w.stalled.length > 0 && now < w.stallAfterMs) next = Math.min(next, w.stallAfterMs);
         clock.advance(Math.max(BUSY_STEP_MS, next - now));
       }
       return did;
     };
 
     // Run: every guest transmits; stalled guests stop taking their turn after stallAfterMs.
-    for (let i = 0; clock.now() < runEnd && i < MAX_PHASE_STEPS; i++) stepOnce(true, clock.now() >= w.stallAfterMs, runEnd);
+    for (let i = 0; clock.now() < runEnd && i < MAX_PHASE_STEPS; i++) stepOnce(true, runEnd);
     // Drain: no new frames; every guest (stalled ones too) takes its turn until every grant is back.
     const drainEnd = clock.now() + DRAIN_MS;
-    for (let i = 0; !theRig.quiescent() && clock.now() < drainEnd && i < MAX_PHASE_STEPS; i++) stepOnce(false, false, drainEnd);
+    for (let i = 0; !theRig.quiescent() && clock.now() < drainEnd && i < MAX_PHASE_STEPS; i++) stepOnce(false, drainEnd);
     if (!theRig.quiescent()) {
       const aborted = dom0.abortHolders();
       if (aborted.length > 0) notes.push(`aborted at the drain deadline: ${aborted.join(', ')}`);
       const graceEnd = clock.now() + ABORT_GRACE_MS;
-      for (let i = 0; !theRig.quiescent() && clock.now() < graceEnd && i < MAX_PHASE_STEPS; i++) stepOnce(false, false, graceEnd);
+      for (let i = 0; !theRig.quiescent() && clock.now() < graceEnd && i < MAX_PHASE_STEPS; i++) stepOnce(false, graceEnd);
       if (!theRig.quiescent()) notes.push(`not quiescent: ${dom0.liveSkbs()} live skbs, ${tracker.outstanding} grants outstanding`);
     }
   } catch (e) {
