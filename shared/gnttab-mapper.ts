@@ -149,8 +149,6 @@ export interface GrantMapperOptions {
 class ForeignDomain {
   readonly pin: Uint32Array;
   readonly actFrame: Uint32Array;
-  /** The whole memory, for short copies by 32-bit loads. */
-  readonly view: DataView;
   pinnedRefs = 0;
   dying = false;
 
@@ -161,7 +159,6 @@ class ForeignDomain {
   ) {
     this.pin = new Uint32Array(entries.nrEntries);
     this.actFrame = new Uint32Array(entries.nrEntries);
-    this.view = new DataView(memory.sab);
   }
 }
 
@@ -453,11 +450,8 @@ export class GrantMapper {
     // gnttab_copy_buf: "copy beyond page area".
     if (src.offset + len > XEN_PAGE_SIZE || dst.offset + len > XEN_PAGE_SIZE) {
       st = this.copyFail(GNTST_bad_copy_arg, 'copy beyond page area');
-    } else if (len > SMALL_COPY || sd === undefined) {
-      if (len > 0) dstBytes.set(srcBytes.subarray(src.offset, src.offset + len), dst.offset);
-    } else {
-      // A header-sized copy out of guest memory: 32-bit loads beat subarray() + set() (~2x at 64 bytes).
-      copyFromView(sd.view, sd.actFrame[src.ref]! * XEN_PAGE_SIZE + src.offset, dstBytes, dst.offset, len);
+    } else if (len > 0) {
+      dstBytes.set(srcBytes.subarray(src.offset, src.offset + len), dst.offset);
     }
     // release_grant_for_copy: the pins held the guest off ending access while we copied.
     if (dd !== undefined) this.unpinGrant(dd, dst.ref, false);
@@ -580,23 +574,6 @@ export class GrantMapper {
     this.mtLimit = limit;
     return true;
   }
-}
-
-/** Copies out of guest memory of at most this many bytes go by 32-bit loads, longer ones by subarray() + set(). */
-export const SMALL_COPY = 128;
-
-// len bytes from `view` at `from` into `dst` at `to`, four at a time (little-endian, so byte order is kept).
-function copyFromView(view: DataView, from: number, dst: Uint8Array, to: number, len: number): void {
-  let i = 0;
-  for (; i + 4 <= len; i += 4) {
-    const v = view.getUint32(from + i, true);
-    const d = to + i;
-    dst[d] = v;
-    dst[d + 1] = v >>> 8;
-    dst[d + 2] = v >>> 16;
-    dst[d + 3] = v >>> 24;
-  }
-  for (; i < len; i++) dst[to + i] = view.getUint8(from + i);
 }
 
 function grow<T extends Uint8Array | Uint16Array | Uint32Array | Int32Array>(from: T, to: T): T {
