@@ -295,7 +295,10 @@ export class XenvifTxQueue {
   private readonly pendingExtra = new Uint8Array(MAX_PENDING_REQS);
   private readonly state = new Uint8Array(MAX_PENDING_REQS);
   private readonly mmapPages: Page[] = [];
-  private readonly pageIdx = new Map<Page, number>();
+  // The pending index of each of our Page objects, by Page.id (ids are dense per SkbContext); -1 for other pages.
+  private pageIdx = new Int32Array(MAX_PENDING_REQS).fill(-1);
+  // The grant each pending index's page is bound to: one object per index, refilled at each map.
+  private readonly grantIds: { domid: number; gref: number }[] = [];
   private readonly grantHandle = new Uint32Array(MAX_PENDING_REQS).fill(INVALID_GRANT_HANDLE);
   // Zerocopy completion of one packet: its first pending index counts the pages still held (the ubuf ctx chain).
   private readonly zcHead = new Uint16Array(MAX_PENDING_REQS);
@@ -341,7 +344,8 @@ export class XenvifTxQueue {
       this.pendingReq.push(TxRequest.create());
       const page = newPage(vif.ctx);
       this.mmapPages.push(page);
-      this.pageIdx.set(page, i);
+      this.setPageIdx(page, i);
+      this.grantIds.push({ domid: 0, gref: 0 });
       this.mapOps.push({ dom: 0, ref: 0, flags: 0, status: GNTST_okay, handle: INVALID_GRANT_HANDLE, bytes: null });
       this.copyOps.push(newCopyOp());
       this.errReqs.push(TxRequest.create());
@@ -787,7 +791,10 @@ export class XenvifTxQueue {
       if (mapper.mapOp(op) !== GNTST_okay) continue;
       this.grantHandle[idx] = op.handle;
       const page = this.mmapPages[idx]!;
-      bindForeignPage(page, op.bytes!, { domid: vif.domid, gref: op.ref });
+      const grant = this.grantIds[idx]!;
+      grant.domid = vif.domid;
+      grant.gref = op.ref;
+      bindForeignPage(page, op.bytes!, grant);
       op.bytes = null;
       this.state[idx] = ST_MAPPED;
       vif.events.mapped(page);
@@ -965,16 +972,16 @@ export class XenvifTxQueue {
     sh.fragList = null;
     kfreeSkb(nskb);
     clearArray(local);
-    for (let i = 0; i < pages.length; i++) this.deallocEnqueue(this.pageIdx.get(pages[i]!)!);
+    for (let i = 0; i < pages.length; i++) this.deallocEnqueue(this.idxOf(pages[i]!));
     vif.stats.txZerocopySuccess += 2;
     clearArray(pages);
   }
 
   // xenvif_skb_zerocopy_prepare: attach the release design last; one completion counts the packet's pages.
   private zerocopyPrepare(skb: SkBuff, pages: Page[]): void {
-    const head = this.pageIdx.get(pages[0]!)!;
+    const head = this.idxOf(pages[0]!);
     for (let i = 0; i < pages.length; i++) {
-      const idx = this.pageIdx.get(pages[i]!)!;
+      const idx = this.idxOf(pages[i]!);
       this.zcHead[idx] = head;
       this.state[idx] = ST_INFLIGHT;
     }
@@ -989,8 +996,8 @@ export class XenvifTxQueue {
   // xenvif_zerocopy_callback, per page: the design says this page is truly free.
   private zerocopyCallback(page: Page, success: boolean): void {
     const vif = this.vif;
-    const idx = this.pageIdx.get(page);
-    if (idx === undefined) {
+    const idx = this.idxOf(page);
+    if (idx < 0) {
       vif.stats.deallocRefused++;
       vif.log('err', `dealloc: page ${page.id} is not one of this queue's pages`);
       return;
@@ -1019,6 +1026,24 @@ export class XenvifTxQueue {
   }
 
   // ---- unmap, recycle, respond ----
+
+  // Our pending index of `page`, or -1 when it is not one of this queue's pages.
+  private idxOf(page: Page): number {
+    const id = page.id;
+    if (id >= this.pageIdx.length) return -1;
+    const idx = this.pageIdx[id]!;
+    return idx >= 0 && this.mmapPages[idx] === page ? idx : -1;
+  }
+
+  private setPageIdx(page: Page, idx: number): void {
+    const id = page.id;
+    if (id >= this.pageIdx.length) {
+      const grown = new Int32Array(Math.max(id + 1, this.pageIdx.length * 2)).fill(-1);
+      grown.set(this.pageIdx);
+      this.pageIdx = grown;
+    }
+    this.pageIdx[id] = idx;
+  }
 
   private unmapHandle(idx: number): void {
     const handle = this.grantHandle[idx]!;
@@ -1049,10 +1074,12 @@ export class XenvifTxQueue {
     }
     this.vif.stats.pagesRetired++;
     this.vif.log('err', `pending_idx ${idx}: page ${page.id} still has ${page.count - 1} stack references after its grant went back`);
-    this.pageIdx.delete(page);
+    this.pageIdx[page.id] = -1;
     const fresh = newPage(this.vif.ctx);
     this.mmapPages[idx] = fresh;
-    this.pageIdx.set(fresh, idx);
+    this.setPageIdx(fresh, idx);
+    // The retired page keeps its grant identity; the index gets a new one for its next mapping.
+    this.grantIds[idx] = { domid: 0, gref: 0 };
   }
 
   // xenvif_idx_release: answer the slot, and recycle the pending index before the response is pushed.
@@ -1102,9 +1129,9 @@ export class XenvifTxQueue {
   }
 }
 
-// Emptying an array through `length = 0` is a runtime call even when it is already empty: skip that case.
+// Empties an array by pops: `length = 0` is a runtime call (~30 ns), a pop of a short array is inlined.
 function clearArray(a: unknown[]): void {
-  if (a.length !== 0) a.length = 0;
+  while (a.length !== 0) a.pop();
 }
 
 // The one successful Result<void>: results are immutable, so a shared object spares an allocation per packet.
