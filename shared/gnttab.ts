@@ -227,10 +227,13 @@ export class GrantEntriesV1 {
     Atomics.store(this.u16, ref * 4 + GRANT_ENTRY_V1_FLAGS / 2, flags);
   }
 
-  /** Writes domid and frame, then flags: the seq-cst stores order them as Linux's wmb() does. */
+  /**
+   * Writes domid and frame, then flags (gnttab_update_entry_v1): plain stores, then a seq-cst store of flags that
+   * orders them before it as Linux's wmb() does (a reader that sees the flags with Atomics.load sees them too).
+   */
   write(ref: number, domid: number, frame: number, flags: number): void {
-    Atomics.store(this.u16, ref * 4 + GRANT_ENTRY_V1_DOMID / 2, domid);
-    Atomics.store(this.u32, ref * 2 + GRANT_ENTRY_V1_FRAME / 4, frame);
+    this.u16[ref * 4 + GRANT_ENTRY_V1_DOMID / 2] = domid;
+    this.u32[ref * 2 + GRANT_ENTRY_V1_FRAME / 4] = frame;
     Atomics.store(this.u16, ref * 4 + GRANT_ENTRY_V1_FLAGS / 2, flags);
   }
 }
