@@ -91,3 +91,13 @@ test('killing what is already dead, or a slot that does not exist, does nothing'
   await w.shutdown();
   t.deepEqual(w.errors, []);
 });
+
+test('a guest killed at the very moment netback frees its pages (a NIC stall ending) is never sent their return', async (t) => {
+  // The stall holds the victim's pages; the kill fires at the stall's end, so the backend's first step after the
+  // death completes the NIC ring and hands those grants back: it must already know the guest is gone.
+  for (const g of [1, 2, 3]) {
+    const r = await sim(`1000 nic-stall dur=500\n1500 guest-kill g=${g} restart=300`);
+    assertClean(t, r);
+    t.true(Number(fields(r, 'fault-end nic-stall').inflight) > 0);
+  }
+});

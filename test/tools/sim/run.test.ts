@@ -25,6 +25,18 @@ function schedule(text: string): FaultEvent[] {
 }
 
 const ALL = { seed: 7, seconds: 7, guests: 3, schedule: schedule(ALL_FAULTS_TEXT), rxDrainTimeoutMs: 500 };
+const GEN = { seed: 11, seconds: 6, guests: 3 };
+
+// Runs shared by several tests (each costs a second or two of wall time), started once.
+const memo = new Map<string, Promise<SimReport>>();
+function once(key: string, o: Parameters<typeof runSim>[0]): Promise<SimReport> {
+  let p = memo.get(key);
+  if (p === undefined) {
+    p = runSim(o);
+    memo.set(key, p);
+  }
+  return p;
+}
 
 function same(t: { is: (a: unknown, b: unknown, m?: string) => void; deepEqual: (a: unknown, b: unknown, m?: string) => void }, a: SimReport, b: SimReport): void {
   t.is(a.eventLog, b.eventLog, 'byte-identical event logs');
@@ -34,14 +46,13 @@ function same(t: { is: (a: unknown, b: unknown, m?: string) => void; deepEqual: 
 }
 
 test('one seed, one execution: the same options twice give byte-identical event logs and the same report', async (t) => {
-  const a = await runSim(ALL);
-  const b = await runSim(ALL);
+  const [a, b] = await Promise.all([once('all', ALL), once('all again', ALL)]);
   same(t, a, b);
   t.true(a.eventLog.split('\n').length > 100, 'a log with something in it');
 });
 
 test('a schedule with every fault type: each applied once, every guest recovered, the audit clean (granted == returned)', async (t) => {
-  const r = await runSim(ALL);
+  const r = await once('all', ALL);
   t.deepEqual(r.errors, []);
   t.deepEqual(r.faults, Object.fromEntries(FAULT_TYPES.map((f) => [f, 1])));
   t.true(r.clean);
@@ -54,20 +65,17 @@ test('a schedule with every fault type: each applied once, every guest recovered
 });
 
 test('the generated schedule: deterministic per seed, and the seed changes the execution', async (t) => {
-  const o = { seed: 11, seconds: 10, guests: 3 };
-  const a = await runSim(o);
-  same(t, a, await runSim(o));
+  const [a, a2, b] = await Promise.all([once('gen', GEN), once('gen again', GEN), runSim({ ...GEN, seed: 12 })]);
+  same(t, a, a2);
   t.true(a.clean, a.errors.join('; '));
-  const b = await runSim({ ...o, seed: 12 });
   t.not(b.eventLog, a.eventLog);
   t.not(b.schedule, a.schedule);
 });
 
 test('a printed schedule replays: runSim with the parsed text of a report\'s schedule is the same execution', async (t) => {
-  const o = { seed: 5, seconds: 10, guests: 2 };
-  const a = await runSim(o);
+  const a = await once('gen', GEN);
   t.not(a.schedule, '');
-  const replay = await runSim({ ...o, schedule: schedule(a.schedule.replace(/\n/g, ' ; ')) });
+  const replay = await runSim({ ...GEN, schedule: schedule(a.schedule.replace(/\n/g, ' ; ')) });
   same(t, a, replay);
 });
 
