@@ -2,7 +2,7 @@ import test from 'ava';
 import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { DEFAULT_SIZES, EXIT_OK, EXIT_USAGE, USAGE, formatResults, main, parseBenchArgs, type BenchIo, type BenchResults } from '../../../tools/bench/cli.js';
+import { BENCH_CHECKS, DEFAULT_SIZES, EXIT_OK, EXIT_USAGE, USAGE, formatResults, main, parseBenchArgs, type BenchIo, type BenchResults } from '../../../tools/bench/cli.js';
 
 test('defaults: 3 s per run, 64 B, 1500 B and the largest tx_request frame', (t) => {
   t.deepEqual(parseBenchArgs([]), { ok: true, value: { seconds: 3, sizes: DEFAULT_SIZES, out: 'bench-results', json: false, help: false } });
@@ -74,6 +74,7 @@ test('one small run: every measurement, ratios from the same run, the results fi
   t.true(Math.abs(s.cpu.backendCopyOverMap - s.cpu.grantCopy.backendNs / s.cpu.zeroCopy.backendNs) < 1e-9);
   const table = formatResults(r);
   t.true(table.some((l) => l.startsWith('  1500 B ')));
+  t.is(table[table.length - 1], BENCH_CHECKS, 'the table says which checks were off');
   t.true(o.outs.includes(`results: ${join(dir, 'latest.json')}, ${join(dir, '2026-01-02T03-04-05Z.json')}`));
   t.true(existsSync(join(dir, 'latest.json')));
 });
