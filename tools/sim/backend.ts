@@ -33,6 +33,8 @@ export interface SimBackendOptions {
   /** A grant-return notice for the frontend `domid` (its MessagePort). */
   readonly notice: (domid: number, m: GrantReturnMessage) => void;
   readonly log: (who: string, what: string, fields?: readonly (readonly [string, LogValue])[]) => void;
+  /** netback's asynchronous code (probe, xenbus reactions) threw: the backend crashed. */
+  readonly crash: (e: unknown) => void;
 }
 
 /** One incarnation of the backend domain. */
@@ -66,7 +68,7 @@ export class SimBackend implements SimActor {
 
   /** Starts following backend/vif (devices already there are probed by the watch's first event). */
   async start(): Promise<void> {
-    const w = await this.xs.watch(this.vifRoot, () => void this.scan());
+    const w = await this.xs.watch(this.vifRoot, () => void this.scan().catch(this.opts.crash));
     if (!w.ok) throw new Error(`${this.name}: cannot watch ${this.vifRoot}: ${w.error}`);
     this.watch = w.value;
   }
@@ -78,7 +80,7 @@ export class SimBackend implements SimActor {
     for (const fe of fes.value) {
       const devs = await this.xs.directory(`${this.vifRoot}/${fe}`);
       if (!devs.ok) continue;
-      for (const devid of devs.value) void this.probe(Number(fe), devid);
+      for (const devid of devs.value) void this.probe(Number(fe), devid).catch(this.opts.crash);
     }
   }
 

@@ -209,6 +209,7 @@ export class SimGuest implements SimActor {
   private tickAt = 0;
   private readonly tickMs: number;
   private reconnecting = false;
+  private failure: unknown = null;
   private readonly deferred: DeferredRevoke[] = [];
   private revokeTimer: number | undefined;
   private readonly log: SimGuestOptions['log'];
@@ -302,6 +303,7 @@ export class SimGuest implements SimActor {
   }
 
   step(now: number): number {
+    if (this.failure !== null) throw this.failure;
     const nf = this.nf;
     let did = 0;
     const q = this.returns;
@@ -338,14 +340,21 @@ export class SimGuest implements SimActor {
   private reconnect(): void {
     const fx = this.fx!;
     this.reconnecting = true;
-    void fx.reconnect().then((r) => {
-      this.reconnecting = false;
-      if (this.dead) return;
-      if (r.ok) {
-        this.wantReconnect = false;
-        this.log(this.name, 'reconnect', [['stuck', this.nf.audit().stuck]]);
-      }
-    });
+    void fx.reconnect().then(
+      (r) => {
+        this.reconnecting = false;
+        if (this.dead) return;
+        if (r.ok) {
+          this.wantReconnect = false;
+          this.log(this.name, 'reconnect', [['stuck', this.nf.audit().stuck]]);
+        }
+      },
+      (e: unknown) => {
+        // The frontend's xenbus code threw: a crash of this guest, reported as its next step's exception.
+        this.reconnecting = false;
+        this.failure ??= e;
+      },
+    );
   }
 
   // ---- Faults --------------------------------------------------------------------------------------------

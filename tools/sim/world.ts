@@ -370,9 +370,12 @@ export class SimWorld implements AdversaryHost {
     }
     this.deadBackendDirs.add(domid);
     this.pendingRestarts++;
-    void toolstackDestroyDomain(this.store, this.xs0, domid).then((r) => {
-      if (!r.ok) this.errors.push(`destroying d${domid}: ${r.error}`);
-    });
+    void toolstackDestroyDomain(this.store, this.xs0, domid).then(
+      (r) => {
+        if (!r.ok) this.errors.push(`destroying d${domid}: ${r.error}`);
+      },
+      (e: unknown) => this.errors.push(`destroying d${domid}: ${message(e)}`),
+    );
     this.clock.schedule(restartMs, () => {
       this.pendingRestarts--;
       void this.bootGuest(slot).catch((e: unknown) => this.errors.push(`rebooting g${slot}: ${message(e)}`));
@@ -394,6 +397,9 @@ export class SimWorld implements AdversaryHost {
       conn: conn.value,
       notice: (d, m) => this.notice(d, m),
       log: this.logFn,
+      crash: (e) => {
+        if (!b.dead && this.backend === b) this.crashed(b, e);
+      },
     });
     for (const ip of this.adversaryIps) b.dom0.uplink.hostileSources.add(ip);
     this.backends.push(b);
@@ -443,7 +449,7 @@ export class SimWorld implements AdversaryHost {
     this.killedBackend = b;
     this.pendingRestarts++;
     this.note(b.name, 'killed', [['why', why], ['mapped', b.dom0.mapper.stats().liveHandles], ['vifs', b.dom0.vifs.length]]);
-    void this.markBackendsClosing();
+    void this.markBackendsClosing().catch((e: unknown) => this.errors.push(`marking backends Closing: ${message(e)}`));
     const release = Math.min(releaseMs, restartMs);
     this.clock.schedule(release, () => this.domainKill(b));
     this.clock.schedule(restartMs, () => {
@@ -658,10 +664,16 @@ export class SimWorld implements AdversaryHost {
     let closing = 0;
     for (const g of this.liveGuests()) {
       closing++;
-      void g.close().then((e) => {
-        closing--;
-        if (e !== null) this.errors.push(`${g.name} close: ${e}`);
-      });
+      void g.close().then(
+        (e) => {
+          closing--;
+          if (e !== null) this.errors.push(`${g.name} close: ${e}`);
+        },
+        (e: unknown) => {
+          closing--;
+          this.errors.push(`${g.name} close threw: ${message(e)}`);
+        },
+      );
     }
     if (!(await this.run(3 * 2000 + 1000, () => closing === 0))) this.errors.push(`${closing} guests did not close`);
     for (const g of this.liveGuests()) {
@@ -675,7 +687,13 @@ export class SimWorld implements AdversaryHost {
       let removing = 0;
       for (const dev of b.devices.values()) {
         removing++;
-        void dev.remove().then(() => removing--);
+        void dev.remove().then(
+          () => removing--,
+          (e: unknown) => {
+            removing--;
+            this.errors.push(`${b.name} removing a vif threw: ${message(e)}`);
+          },
+        );
       }
       if (!(await this.run(SIM_DRAIN_MS, () => removing === 0))) this.errors.push(`${removing} vifs still mapped grants at the end`);
       const rep = b.dom0.report();
