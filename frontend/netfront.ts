@@ -138,6 +138,11 @@ export interface TxPacket {
   /** Writes the whole frame contiguously at `off`. */
   writeTo(buf: Uint8Array, off: number): void;
   /**
+   * Optional: writeTo at byte `at` of the whole guest memory `mem`, `view` being a DataView of its buffer (netfront
+   * builds both once, so a frame in one page is written without looking up the page view's buffer and offset).
+   */
+  writeAt?(mem: Uint8Array, view: DataView, at: number): void;
+  /**
    * Optional: writes the frame across `count` pages, from `offset` to the end of pages[0], then from 0 in each
    * next page (a frame spanning pages is then written in place instead of through netfront's scratch buffer).
    */
@@ -322,8 +327,12 @@ export class LatencyHistogram {
   /** The bucket index of a value. */
   static bucketOf(us: number): number {
     if (!(us >= 1)) return 0;
-    // floor(log2(us)) without Math.log2 (a slow call, and inexact just below powers of two): clz32 below 2^31.
-    const e = us < 0x8000_0000 ? 31 - Math.clz32(us) : Math.min(EXPONENTS - 1, Math.floor(Math.log2(us)));
+    if (us < 0x800_0000) {
+      // Integers only below 2^27 us: e = floor(log2(us)) by clz32, sub = floor(us * 16 / 2^e) - 16 by a shift.
+      const e = 31 - Math.clz32(us);
+      return 1 + e * SUB_BUCKETS + ((us * SUB_BUCKETS) >>> e) - SUB_BUCKETS;
+    }
+    const e = Math.min(EXPONENTS - 1, Math.floor(Math.log2(us)));
     const sub = Math.min(SUB_BUCKETS - 1, Math.floor((us * INV_POW2[e]! - 1) * SUB_BUCKETS));
     return 1 + e * SUB_BUCKETS + sub;
   }
@@ -436,6 +445,7 @@ export class Netfront {
   // Scratch, built once.
   private readonly txScratch = new Uint8Array(XEN_NETIF_MAX_TX_SIZE);
   private readonly txPageViews: Uint8Array[] = [];
+  private readonly memView: DataView;
   private readonly rxScratch = new Uint8Array(NETFRONT_RX_MAX_FRAME);
   private readonly txReq: TxRequestFields = TxRequest.create();
   private readonly txRsp: TxResponseFields = TxResponse.create();
@@ -475,6 +485,7 @@ export class Netfront {
     this.quarantineAt = new Float64Array(n);
     this.rxIdle = new Int32Array(this.rxBufferCount);
     this.poisonRx = opts.poisonRx ?? true;
+    this.memView = new DataView(opts.memory.sab);
     // Nothing is known of a page's bytes until netfront first poisons it.
     this.dirtyLo = new Uint16Array(opts.memory.nrFrames);
     this.dirtyHi = new Uint16Array(opts.memory.nrFrames).fill(XEN_PAGE_SIZE);
@@ -719,7 +730,11 @@ export class Netfront {
   canTransmit(maxLen: number): boolean {
     const tx = this.tx;
     if (tx === null || !this.connected || this.broken) return false;
-    const pages = Math.ceil((XEN_PAGE_SIZE - ETH_HLEN + maxLen) / XEN_PAGE_SIZE);
+    return this.roomFor(tx, Math.ceil((XEN_PAGE_SIZE - ETH_HLEN + maxLen) / XEN_PAGE_SIZE));
+  }
+
+  // Ring slots (one more for a GSO extra), pages, refs and ids for a frame of `pages` pages.
+  private roomFor(tx: FrontRing, pages: number): boolean {
     return tx.freeRequests() >= pages + 1 && this.poolTop >= pages && this.gnttab.freeCount >= pages && this.txIdFreeTop >= pages;
   }
 
@@ -730,10 +745,18 @@ export class Netfront {
   transmit(budget: number, source: TxSource): number {
     if (!this.connected || this.broken) return 0;
     const now = this.clock.now();
+    const tx = this.tx!;
     let sent = 0;
     let notify = false;
+    let maxLen = -1;
+    let pages = 0;
     while (sent < budget) {
-      if (!this.canTransmit(source.maxFrameLen)) {
+      // canTransmit(source.maxFrameLen), the page count worked out once per value.
+      if (source.maxFrameLen !== maxLen) {
+        maxLen = source.maxFrameLen;
+        pages = Math.ceil((XEN_PAGE_SIZE - ETH_HLEN + maxLen) / XEN_PAGE_SIZE);
+      }
+      if (this.broken || !this.roomFor(tx, pages)) {
         this.stats.txBusy++;
         break;
       }
@@ -902,7 +925,8 @@ export class Netfront {
     const refs = this.pageRefs;
     if (pages === 1) {
       const frame = this.pool[this.poolTop - 1]!;
-      p.writeTo(mem.frame(frame), off);
+      if (p.writeAt !== undefined) p.writeAt(mem.bytes, this.memView, frame * XEN_PAGE_SIZE + off);
+      else p.writeTo(mem.frame(frame), off);
       this.markDirty(frame, off, off + len);
     } else if (p.writePages !== undefined) {
       const views = this.txPageViews;

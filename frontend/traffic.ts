@@ -243,6 +243,19 @@ export class TxFrame implements TxPacket {
   }
 
   /**
+   * Writes the whole frame at byte `at` of `mem` (a whole guest memory) with `view` a DataView of the same buffer:
+   * writeTo without looking up the page's buffer and offset (each a slow accessor on a typed array).
+   */
+  writeAt(mem: Uint8Array, view: DataView, at: number): void {
+    if (!(at >= 0 && at + this.len <= mem.length)) {
+      throw new RangeError(`frame of ${this.len} bytes does not fit at ${at} in ${mem.length} bytes`);
+    }
+    this.prepare();
+    this.writeHeaders(view, at);
+    this.emit(mem, at + this.hdrLen, this.hdrLen, this.len - this.hdrLen);
+  }
+
+  /**
    * Writes the frame across `count` pages: from `offset` to the end of pages[0], then from 0 in each next page,
    * straight into them (no contiguous copy first). Throws RangeError if the pages do not hold exactly len bytes.
    */

@@ -148,7 +148,7 @@ function referenceFrame(f: TxFrame): Uint8Array {
 }
 
 testProp(
-  'writeTo (into a shared page) and writePages (across pages, from any offset) write exactly the reference frame',
+  'writeTo (into a shared page), writeAt (into a whole memory) and writePages (across pages, from any offset) write exactly the reference frame',
   [
     fc.boolean(),
     fc.oneof(fc.integer({ min: 0, max: 3000 }), fc.integer({ min: 0, max: 65535 - ETH_HLEN - IPV4_HLEN - TCP_HLEN })),
@@ -176,16 +176,24 @@ testProp(
       f.writeTo(page, offset);
       t.deepEqual(page.subarray(offset, offset + f.len), want);
       t.true(page.subarray(0, offset).every((x) => x === 0xee) && page.subarray(offset + f.len).every((x) => x === 0xee));
+      // writeAt: the same frame at an absolute offset of a whole memory, through a DataView of it.
+      const whole = new Uint8Array(new SharedArrayBuffer(3 * 4096)).fill(0xee);
+      const at = 4096 + offset;
+      f.writeAt(whole, new DataView(whole.buffer), at);
+      t.deepEqual(whole.subarray(at, at + f.len), want);
+      t.true(whole.subarray(0, at).every((x) => x === 0xee) && whole.subarray(at + f.len).every((x) => x === 0xee));
     }
     t.deepEqual(f.toBytes(), want);
   },
   { numRuns: 60 },
 );
 
-test('writeTo and writePages refuse a frame that does not fit where it is asked to go', (t) => {
+test('writeTo, writeAt and writePages refuse a frame that does not fit where it is asked to go', (t) => {
   const f = new TxFrame().setUdp(FLOW, 1, 0, 200, false);
   t.throws(() => f.writeTo(new Uint8Array(100), 0), { message: `frame of ${f.len} bytes does not fit at 0 in 100 bytes` });
   t.throws(() => f.writeTo(new Uint8Array(300), 100), { message: `frame of ${f.len} bytes does not fit at 100 in 300 bytes` });
+  const whole = new Uint8Array(300);
+  t.throws(() => f.writeAt(whole, new DataView(whole.buffer), 100), { message: `frame of ${f.len} bytes does not fit at 100 in 300 bytes` });
   const pages = [new Uint8Array(4096), new Uint8Array(4096)];
   t.throws(() => f.writePages(pages, 1, 4000), { message: `1 pages from offset 4000 hold 96 of the frame's ${f.len} bytes` });
 });
