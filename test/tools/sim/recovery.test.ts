@@ -101,3 +101,48 @@ test('a guest killed at the very moment netback frees its pages (a NIC stall end
     t.true(Number(fields(r, 'fault-end nic-stall').inflight) > 0);
   }
 });
+
+test('a backend that throws (a Linux BUG) is a crash: counted, reported, replaced, and every guest reconnects', async (t) => {
+  const w = await SimWorld.create({ seed: 6, guests: 2 });
+  t.true(await w.waitConnected());
+  w.setTraffic(true);
+  await w.run(200);
+  let thrown = false;
+  w.backend!.dom0.roundHooks.push(() => {
+    if (thrown) return 0;
+    thrown = true;
+    throw new Error('BUG at drivers/net/xen-netback/netback.c:1');
+  });
+  await w.run(100);
+  t.true(thrown);
+  t.is(w.backendCrashes, 1);
+  t.true(await w.waitConnected(), 'a new backend, every guest connected to it');
+  t.is(w.backend!.name, 'backend#2');
+  await w.run(300);
+  w.setTraffic(false);
+  await w.shutdown();
+  t.is(w.errors.length, 1);
+  t.regex(w.errors[0]!, /^backend#1 crashed: Error: BUG at drivers\/net\/xen-netback\/netback\.c:1/);
+  t.regex(w.log.text(), / backend#1 crashed error=Error:_BUG_at_drivers\/net\/xen-netback\/netback\.c:1\n/);
+});
+
+test('a guest that throws is a crash of that guest only: its slot boots a new domain, the others carry on', async (t) => {
+  const w = await SimWorld.create({ seed: 6, guests: 2 });
+  t.true(await w.waitConnected());
+  w.setTraffic(true);
+  await w.run(200);
+  const g = w.slots[1]!;
+  g.nf.pollTx = () => {
+    throw new Error('netfront BUG');
+  };
+  await w.run(50);
+  t.true(g.dead);
+  t.not(w.slots[1], g);
+  t.true(await w.waitConnected());
+  t.is(w.slots[1]!.slot, 2);
+  t.is(w.backendCrashes, 0);
+  w.setTraffic(false);
+  await w.shutdown();
+  t.is(w.errors.length, 1);
+  t.regex(w.errors[0]!, new RegExp(`^${g.name} crashed: Error: netfront BUG`));
+});
