@@ -3,13 +3,13 @@
 // place on a TTY, plain lines otherwise), shuts down in order and prints the audit on stdout; with --json the last
 // stdout line is one JSON object. Exit status: 0 clean, 1 audit failure, 2 usage error.
 import { pathToFileURL } from 'node:url';
-import { err, ok, type Result } from '../shared/result.js';
+import { ok, type Result } from '../shared/result.js';
+import { commandLine, EXIT_OK, EXIT_USAGE, integerFlag, numberFlag, parseFlags, seedFlag, stringFlag, switchFlag } from './cli-args.js';
 import type { SystemProgress, SystemReport, ToolstackOptions } from './toolstack.js';
 
-/** Exit codes: clean, audit failure, bad command line. */
-export const EXIT_OK = 0;
+/** Exit codes: clean (EXIT_OK), audit failure, bad command line (EXIT_USAGE). */
+export { EXIT_OK, EXIT_USAGE };
 export const EXIT_AUDIT = 1;
-export const EXIT_USAGE = 2;
 
 /** Bounds of the flags (the guest count is bounded by memory: each guest gets its own frames). */
 export const MAX_GUESTS = 64;
@@ -54,105 +54,24 @@ export const USAGE = [
   'still outstanding after shutdown), 2 usage error.',
 ].join('\n');
 
-const DECIMAL = /^(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)$/;
-
 /** Parses argv (without node and script); errors are exact messages. */
 export function parseStartArgs(argv: readonly string[]): Result<StartArgs> {
-  let guests = 4;
-  let seconds = 10;
-  let mtu = 1500;
-  let loss = 0;
-  let tap = false;
-  let pcap: string | null = null;
-  let seed = 1;
-  let json = false;
-  let help = false;
-  for (let i = 0; i < argv.length; i++) {
-    const arg = argv[i]!;
-    const eq = arg.startsWith('--') ? arg.indexOf('=') : -1;
-    const name = eq >= 0 ? arg.slice(0, eq) : arg;
-    const takeValue = (): string | null => {
-      if (eq >= 0) return arg.slice(eq + 1);
-      const v = argv[i + 1];
-      if (v === undefined || v.startsWith('--')) return null;
-      i++;
-      return v;
-    };
-    const flag = (): Result<true> => (eq >= 0 ? err(`${name} takes no value`) : ok(true));
-    switch (name) {
-      case '--guests': {
-        const v = takeValue();
-        if (v === null) return err('--guests needs a value');
-        if (!/^[0-9]+$/.test(v) || Number(v) < 1 || Number(v) > MAX_GUESTS) {
-          return err(`--guests must be an integer in [1, ${MAX_GUESTS}] but got "${v}"`);
-        }
-        guests = Number(v);
-        break;
-      }
-      case '--seconds': {
-        const v = takeValue();
-        if (v === null) return err('--seconds needs a value');
-        if (!DECIMAL.test(v) || !(Number(v) > 0) || Number(v) > MAX_SECONDS) {
-          return err(`--seconds must be a number in (0, ${MAX_SECONDS}] but got "${v}"`);
-        }
-        seconds = Number(v);
-        break;
-      }
-      case '--mtu': {
-        const v = takeValue();
-        if (v === null) return err('--mtu needs a value');
-        if (!/^[0-9]+$/.test(v) || Number(v) < MIN_MTU || Number(v) > MAX_MTU) {
-          return err(`--mtu must be an integer in [${MIN_MTU}, ${MAX_MTU}] but got "${v}"`);
-        }
-        mtu = Number(v);
-        break;
-      }
-      case '--loss': {
-        const v = takeValue();
-        if (v === null) return err('--loss needs a value');
-        if (!DECIMAL.test(v) || !(Number(v) >= 0 && Number(v) < 1)) {
-          return err(`--loss must be a number in [0, 1) but got "${v}"`);
-        }
-        loss = Number(v);
-        break;
-      }
-      case '--tap': {
-        const f = flag();
-        if (!f.ok) return f;
-        tap = true;
-        break;
-      }
-      case '--pcap': {
-        const v = takeValue();
-        if (v === null || v === '') return err('--pcap needs a file name');
-        pcap = v;
-        tap = true;
-        break;
-      }
-      case '--seed': {
-        const v = takeValue();
-        if (v === null) return err('--seed needs a value');
-        if (!/^[0-9]+$/.test(v) || Number(v) > 0xffffffff) {
-          return err(`--seed must be an integer in [0, 4294967295] but got "${v}"`);
-        }
-        seed = Number(v);
-        break;
-      }
-      case '--json': {
-        const f = flag();
-        if (!f.ok) return f;
-        json = true;
-        break;
-      }
-      case '--help':
-      case '-h':
-        help = true;
-        break;
-      default:
-        return err(`unknown option: ${arg}`);
-    }
-  }
-  return ok({ guests, seconds, mtu, loss, tap, pcap, seed, json, help });
+  const parsed = parseFlags(
+    argv,
+    {
+      guests: integerFlag(1, MAX_GUESTS),
+      seconds: numberFlag({ min: 0, minOpen: true, max: MAX_SECONDS }),
+      mtu: integerFlag(MIN_MTU, MAX_MTU),
+      loss: numberFlag({ min: 0, max: 1, maxOpen: true }),
+      tap: switchFlag,
+      pcap: stringFlag('a file name'),
+      seed: seedFlag,
+      json: switchFlag,
+    },
+    { guests: 4, seconds: 10, mtu: 1500, loss: 0, tap: false, pcap: null, seed: 1, json: false },
+  );
+  // --pcap implies --tap.
+  return parsed.ok ? ok({ ...parsed.value, tap: parsed.value.tap || parsed.value.pcap !== null }) : parsed;
 }
 
 /** The `--json` summary: exactly the documented keys, in the documented order. */
@@ -288,17 +207,9 @@ export async function main(
   io: StartIo,
   boot: (opts: ToolstackOptions) => Promise<{ run(onProgress: (p: SystemProgress) => void): Promise<SystemReport> }>,
 ): Promise<number> {
-  const parsed = parseStartArgs(argv);
-  if (!parsed.ok) {
-    io.err(`start: ${parsed.error}`);
-    io.err('try --help');
-    return EXIT_USAGE;
-  }
-  const args = parsed.value;
-  if (args.help) {
-    io.out(USAGE);
-    return EXIT_OK;
-  }
+  const cmd = commandLine('start', parseStartArgs(argv), USAGE, io);
+  if ('exit' in cmd) return cmd.exit;
+  const args = cmd.args;
   let report: SystemReport;
   try {
     const sys = await boot({

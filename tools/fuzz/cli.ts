@@ -1,17 +1,17 @@
 // `npm run fuzz -- --runs N --seed S [--design NAME] [--json]`: argument parsing, progress on stderr,
 // the failure report and the summary on stdout; with --json the last stdout line is one JSON object.
 import { DESIGN_NAMES, designByName } from '../../backend/release.js';
-import { err, ok, type Result } from '../../shared/result.js';
+import type { Result } from '../../shared/result.js';
+import { commandLine, enumFlag, EXIT_OK, EXIT_USAGE, integerFlag, parseFlags, switchFlag } from '../cli-args.js';
 import { formatOp } from './ops.js';
 import { runFuzz, type FuzzSummary } from './runner.js';
 
 /** The designs the CLI advertises (designByName decides what is accepted). */
 export const KNOWN_DESIGNS: readonly string[] = DESIGN_NAMES;
 
-/** Exit codes: no violation, violations, bad command line. */
-export const EXIT_OK = 0;
+/** Exit codes: no violation (EXIT_OK), violations, bad command line (EXIT_USAGE). */
+export { EXIT_OK, EXIT_USAGE };
 export const EXIT_VIOLATIONS = 1;
-export const EXIT_USAGE = 2;
 
 /** Parsed command line. */
 export interface FuzzArgs {
@@ -41,57 +41,16 @@ export const USAGE = [
 
 /** Parses argv (without node and script); errors are exact messages. */
 export function parseArgs(argv: readonly string[]): Result<FuzzArgs> {
-  let runs = 1000;
-  let seed = 1;
-  let design = 'rusty';
-  let json = false;
-  let help = false;
-  for (let i = 0; i < argv.length; i++) {
-    const arg = argv[i]!;
-    const eq = arg.startsWith('--') ? arg.indexOf('=') : -1;
-    const name = eq >= 0 ? arg.slice(0, eq) : arg;
-    const takeValue = (): string | null => {
-      if (eq >= 0) return arg.slice(eq + 1);
-      const v = argv[i + 1];
-      if (v === undefined || v.startsWith('--')) return null;
-      i++;
-      return v;
-    };
-    switch (name) {
-      case '--runs': {
-        const v = takeValue();
-        if (v === null) return err('--runs needs a value');
-        if (!/^[0-9]+$/.test(v) || Number(v) < 1 || !Number.isSafeInteger(Number(v))) return err('--runs must be a positive integer');
-        runs = Number(v);
-        break;
-      }
-      case '--seed': {
-        const v = takeValue();
-        if (v === null) return err('--seed needs a value');
-        if (!/^[0-9]+$/.test(v) || Number(v) > 0xffffffff) return err('--seed must be an integer in [0, 4294967295]');
-        seed = Number(v);
-        break;
-      }
-      case '--design': {
-        const v = takeValue();
-        if (v === null) return err('--design needs a value');
-        if (designByName(v) === undefined) return err(`--design must be one of ${KNOWN_DESIGNS.join(', ')} but got "${v}"`);
-        design = v;
-        break;
-      }
-      case '--json':
-        if (eq >= 0) return err('--json takes no value');
-        json = true;
-        break;
-      case '--help':
-      case '-h':
-        help = true;
-        break;
-      default:
-        return err(`unknown option: ${arg}`);
-    }
-  }
-  return ok({ runs, seed, design, json, help });
+  return parseFlags(
+    argv,
+    {
+      runs: integerFlag(1, Number.MAX_SAFE_INTEGER, '--runs must be a positive integer'),
+      seed: integerFlag(0, 0xffffffff, '--seed must be an integer in [0, 4294967295]'),
+      design: enumFlag(KNOWN_DESIGNS, designByName),
+      json: switchFlag,
+    },
+    { runs: 1000, seed: 1, design: 'rusty', json: false },
+  );
 }
 
 /** Where the CLI writes and how it reads time (injected so tests and the entry point differ only here). */
@@ -103,17 +62,9 @@ export interface CliIo {
 
 /** Runs the CLI; returns the exit code. */
 export function main(argv: readonly string[], io: CliIo): number {
-  const parsed = parseArgs(argv);
-  if (!parsed.ok) {
-    io.err(`fuzz: ${parsed.error}`);
-    io.err('try --help');
-    return EXIT_USAGE;
-  }
-  const args = parsed.value;
-  if (args.help) {
-    io.out(USAGE);
-    return EXIT_OK;
-  }
+  const cmd = commandLine('fuzz', parseArgs(argv), USAGE, io);
+  if ('exit' in cmd) return cmd.exit;
+  const args = cmd.args;
   const design = designByName(args.design)!;
   const start = io.now();
   let lastPrint = start;

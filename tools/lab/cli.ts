@@ -4,16 +4,16 @@
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { cpus } from 'node:os';
 import { dirname } from 'node:path';
-import { err, ok, type Result } from '../../shared/result.js';
+import type { Result } from '../../shared/result.js';
+import { commandLine, EXIT_OK, EXIT_USAGE, numberFlag, parseFlags, seedFlag, selectionFlag, stringFlag, switchFlag } from '../cli-args.js';
 import { labDesigns, type LabDesign } from './designs.js';
 import { formatMarkdown, formatText, toJson, type LabMeta } from './report.js';
 import { runLab, soundFailures, type LabProgress, type LabReport } from './runner.js';
 import { WORKLOADS, type Workload } from './workloads.js';
 
-/** Exit codes: every sound design clean; a sound design violated; bad command line. */
-export const EXIT_OK = 0;
+/** Exit codes: every sound design clean (EXIT_OK); a sound design violated; bad command line (EXIT_USAGE). */
+export { EXIT_OK, EXIT_USAGE };
 export const EXIT_UNSOUND = 1;
-export const EXIT_USAGE = 2;
 
 /** Default virtual seconds per workload: the whole default lab takes a minute or two on a 2-core machine. */
 export const DEFAULT_SECONDS = 0.5;
@@ -56,101 +56,24 @@ export function usage(designs: readonly LabDesign[] = labDesigns()): string {
   ].join('\n');
 }
 
-/** Splits a comma-separated list, refusing empty items and duplicates. */
-function parseList<T>(flag: string, v: string, known: readonly T[], name: (t: T) => string): Result<T[]> {
-  const items = v.split(',');
-  const out: T[] = [];
-  for (const item of items) {
-    if (item === '') return err(`${flag} has an empty item in "${v}"`);
-    const t = known.find((k) => name(k) === item);
-    if (t === undefined) return err(`${flag}: unknown "${item}"; expected some of ${known.map(name).join(', ')}`);
-    if (out.includes(t)) return err(`${flag} names "${item}" twice`);
-    out.push(t);
-  }
-  return ok(out);
-}
+/** How lab writes a number of seconds: unlike the other tools, no trailing dot (`5.`). */
+const SECONDS_SYNTAX = /^[0-9]*\.?[0-9]+$/;
 
 /** Parses argv (without node and script) against the designs that exist; errors are exact messages. */
 export function parseArgs(argv: readonly string[], allDesigns: readonly LabDesign[] = labDesigns()): Result<LabArgs> {
-  let designs: readonly LabDesign[] = allDesigns;
-  let workloads: readonly Workload[] = WORKLOADS;
-  let seconds = DEFAULT_SECONDS;
-  let seed = 1;
-  let json = false;
-  let out = DEFAULT_OUT;
-  let md = false;
-  let help = false;
-  for (let i = 0; i < argv.length; i++) {
-    const arg = argv[i]!;
-    const eq = arg.startsWith('--') ? arg.indexOf('=') : -1;
-    const name = eq >= 0 ? arg.slice(0, eq) : arg;
-    const takeValue = (): string | null => {
-      if (eq >= 0) return arg.slice(eq + 1);
-      const v = argv[i + 1];
-      if (v === undefined || v.startsWith('--')) return null;
-      i++;
-      return v;
-    };
-    const flagOnly = (): Result<true> => (eq >= 0 ? err(`${name} takes no value`) : ok(true));
-    switch (name) {
-      case '--designs': {
-        const v = takeValue();
-        if (v === null) return err('--designs needs a value');
-        const r = parseList('--designs', v, allDesigns, (d) => d.name);
-        if (!r.ok) return r;
-        designs = r.value;
-        break;
-      }
-      case '--workloads': {
-        const v = takeValue();
-        if (v === null) return err('--workloads needs a value');
-        const r = parseList('--workloads', v, WORKLOADS, (w) => w.name);
-        if (!r.ok) return r;
-        workloads = r.value;
-        break;
-      }
-      case '--seconds': {
-        const v = takeValue();
-        if (v === null) return err('--seconds needs a value');
-        const n = Number(v);
-        if (!/^[0-9]*\.?[0-9]+$/.test(v) || !(n > 0) || n > MAX_SECONDS) return err(`--seconds must be a number in (0, ${MAX_SECONDS}] but got "${v}"`);
-        seconds = n;
-        break;
-      }
-      case '--seed': {
-        const v = takeValue();
-        if (v === null) return err('--seed needs a value');
-        if (!/^[0-9]+$/.test(v) || Number(v) > 0xffffffff) return err(`--seed must be an integer in [0, 4294967295] but got "${v}"`);
-        seed = Number(v);
-        break;
-      }
-      case '--out': {
-        const v = takeValue();
-        if (v === null || v === '') return err('--out needs a file name');
-        out = v;
-        break;
-      }
-      case '--json': {
-        const f = flagOnly();
-        if (!f.ok) return f;
-        json = true;
-        break;
-      }
-      case '--md': {
-        const f = flagOnly();
-        if (!f.ok) return f;
-        md = true;
-        break;
-      }
-      case '--help':
-      case '-h':
-        help = true;
-        break;
-      default:
-        return err(`unknown option: ${arg}`);
-    }
-  }
-  return ok({ designs, workloads, seconds, seed, json, out, md, help });
+  return parseFlags(
+    argv,
+    {
+      designs: selectionFlag(allDesigns, (d) => d.name),
+      workloads: selectionFlag(WORKLOADS, (w) => w.name),
+      seconds: numberFlag({ min: 0, minOpen: true, max: MAX_SECONDS }, SECONDS_SYNTAX),
+      seed: seedFlag,
+      json: switchFlag,
+      out: stringFlag('a file name'),
+      md: switchFlag,
+    },
+    { designs: allDesigns, workloads: WORKLOADS, seconds: DEFAULT_SECONDS, seed: 1, json: false, out: DEFAULT_OUT, md: false },
+  );
 }
 
 /** Where the CLI writes (injected so tests and the entry point differ only here). */
@@ -193,17 +116,9 @@ export interface MainOptions {
 /** Runs the CLI; returns the exit code. */
 export function main(argv: readonly string[], io: CliIo, opts: MainOptions = {}): number {
   const known = opts.designs ?? labDesigns();
-  const parsed = parseArgs(argv, known);
-  if (!parsed.ok) {
-    io.err(`lab: ${parsed.error}`);
-    io.err('try --help');
-    return EXIT_USAGE;
-  }
-  const args = parsed.value;
-  if (args.help) {
-    io.out(usage(known));
-    return EXIT_OK;
-  }
+  const cmd = commandLine('lab', parseArgs(argv, known), usage(known), io);
+  if ('exit' in cmd) return cmd.exit;
+  const args = cmd.args;
   io.err(`lab: ${args.designs.length} designs × ${args.workloads.length} workloads, ${args.seconds} virtual s each, seed ${args.seed}`);
   const report: LabReport = runLab(
     { designs: args.designs, workloads: args.workloads, seconds: args.seconds, seed: args.seed, warmup: opts.warmup ?? true, speedPasses: opts.speedPasses ?? 2 },
