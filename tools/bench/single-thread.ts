@@ -2,14 +2,14 @@
 // the guest's turn (take grant returns, upcall, TX responses, RX, transmit a batch) and the backend's turn (one
 // softirq round: events, TX action, stack, RX, dealloc flush) are timed separately and divided by the packets
 // sent. No cross-core traffic and no wake-ups, so the figures are stable to about ±10%: the ones to watch for
-// regressions (TOOLCHAIN.md). On a machine other processes load, wall time counts the time we are descheduled:
-// the process CPU time of each window is split between the sides, and each side's best window is reported.
+// regressions (TOOLCHAIN.md). On a machine other processes load, a total would count the time we are descheduled:
+// steps are summed into chunks of a few dozen packets and each side reports the median chunk.
 import { RealClock } from '../../shared/clock.js';
 import { FixedSource } from '../../frontend/loop.js';
 import type { BackendConfig } from '../../backend/loop.js';
 import { OneThreadRig } from './rig.js';
 
-/** What one per-side measurement found (CPU time, each side's best window). */
+/** What one per-side measurement found (medians over chunks of steps). */
 export interface SidesResult {
   readonly size: number;
   readonly grantCopy: boolean;
@@ -18,7 +18,7 @@ export interface SidesResult {
   readonly guestNs: number;
   /** Backend CPU per packet, ns. */
   readonly backendNs: number;
-  /** Packets per second of one core doing both sides, over the whole measurement. */
+  /** Packets per second of one core doing both sides at those medians. */
   readonly pps: number;
 }
 
@@ -29,14 +29,17 @@ export interface SidesOptions {
   readonly config: BackendConfig;
   readonly durationMs: number;
   readonly warmupMs?: number;
-  /** The measurement is split into this many windows and each side's best window is reported. Default 5. */
-  readonly windows?: number;
 }
 
+/** Steps are summed into chunks of at least this many packets (and CHUNK_STEPS steps) before their rates are taken. */
+export const CHUNK_PACKETS = 64;
+const CHUNK_STEPS = 4;
+
 /**
- * Runs one guest sending `size`-byte frames to the remote host against dom0, alternating, for durationMs. Each
- * window's process CPU time (not wall time: a loaded machine deschedules us) is split between the sides by their
- * shares of its wall time; each side reports its best window, the figure least disturbed by other processes.
+ * Runs one guest sending `size`-byte frames to the remote host against dom0, alternating, for durationMs. Steps
+ * are grouped into chunks of at least CHUNK_PACKETS packets; each side reports the median over chunks of its time
+ * per packet. A chunk during which another process ran in our place is an outlier the median ignores, where a
+ * plain total would count the time we were descheduled.
  */
 export function measureSides(opts: SidesOptions): SidesResult {
   const clock = new RealClock();
@@ -48,18 +51,16 @@ export function measureSides(opts: SidesOptions): SidesResult {
     source: (domid) => new FixedSource(opts.size, { mac: 0x00_16_3e_00_00_00 + domid, ip: 0x0a_00_00_00 + domid }, config.remote, config.mtu, domid),
   });
   const g = rig.guests[0]!;
-  const cpuMs = (): number => {
-    const u = process.cpuUsage();
-    return (u.user + u.system) / 1000;
-  };
-  const run = (ms: number): { guest: number; backend: number; packets: number; cpu: number; wall: number } => {
+  const guestRates: number[] = [];
+  const backendRates: number[] = [];
+  const run = (ms: number, record: boolean): number => {
+    const p0 = g.nf.stats.txPackets;
+    const end = performance.now() + ms;
+    let t0 = performance.now();
     let guest = 0;
     let backend = 0;
-    const p0 = g.nf.stats.txPackets;
-    const c0 = cpuMs();
-    const w0 = performance.now();
-    const end = w0 + ms;
-    let t0 = w0;
+    let steps = 0;
+    let from = p0;
     while (t0 < end) {
       rig.guestStep(g, true);
       const t1 = performance.now();
@@ -68,25 +69,22 @@ export function measureSides(opts: SidesOptions): SidesResult {
       guest += t1 - t0;
       backend += t2 - t1;
       t0 = t2;
+      const sent = g.nf.stats.txPackets - from;
+      if (++steps >= CHUNK_STEPS && sent >= CHUNK_PACKETS) {
+        if (record) {
+          guestRates.push((guest * 1e6) / sent);
+          backendRates.push((backend * 1e6) / sent);
+        }
+        guest = 0;
+        backend = 0;
+        steps = 0;
+        from = g.nf.stats.txPackets;
+      }
     }
-    return { guest, backend, packets: g.nf.stats.txPackets - p0, cpu: cpuMs() - c0, wall: t0 - w0 };
+    return g.nf.stats.txPackets - p0;
   };
-  run(opts.warmupMs ?? 200);
-  const windows = Math.max(1, opts.windows ?? 5);
-  let guestNs = Infinity;
-  let backendNs = Infinity;
-  let packets = 0;
-  let busyMs = 0;
-  for (let w = 0; w < windows; w++) {
-    const r = run(opts.durationMs / windows);
-    const n = Math.max(1, r.packets);
-    // CPU over wall time, at most 1: the share of the window this thread really ran.
-    const f = r.wall > 0 ? Math.min(1, r.cpu / r.wall) : 1;
-    guestNs = Math.min(guestNs, (r.guest * f * 1e6) / n);
-    backendNs = Math.min(backendNs, (r.backend * f * 1e6) / n);
-    packets += r.packets;
-    busyMs += (r.guest + r.backend) * f;
-  }
+  run(opts.warmupMs ?? 200, false);
+  const packets = run(opts.durationMs, true);
   // Let everything come back so a broken run shows up as an exception here rather than in the figures.
   for (let i = 0; i < 1000 && !rig.quiescent(); i++) {
     rig.guestStep(g, false);
@@ -94,12 +92,14 @@ export function measureSides(opts: SidesOptions): SidesResult {
   }
   if (!rig.quiescent()) throw new Error(`bench: ${g.nf.grantsOutstanding} grants did not come back after the measurement`);
   rig.dom0.close();
-  return {
-    size: opts.size,
-    grantCopy: opts.grantCopy,
-    packets,
-    guestNs,
-    backendNs,
-    pps: busyMs > 0 ? (packets * 1000) / busyMs : 0,
-  };
+  if (guestRates.length === 0) throw new Error(`bench: ${packets} packets in ${opts.durationMs} ms make no chunk of ${CHUNK_PACKETS}`);
+  const guestNs = median(guestRates);
+  const backendNs = median(backendRates);
+  return { size: opts.size, grantCopy: opts.grantCopy, packets, guestNs, backendNs, pps: 1e9 / (guestNs + backendNs) };
+}
+
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  const m = s.length >> 1;
+  return s.length % 2 === 1 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
 }
