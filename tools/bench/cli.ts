@@ -8,17 +8,17 @@ import { mkdirSync, writeFileSync } from 'node:fs';
 import { availableParallelism, cpus, platform, release, totalmem } from 'node:os';
 import { join } from 'node:path';
 import type { BackendConfig } from '../../backend/loop.js';
-import { err, ok, type Result } from '../../shared/result.js';
+import type { Result } from '../../shared/result.js';
+import { commandLine, EXIT_OK, EXIT_USAGE, integerListFlag, numberFlag, parseFlags, stringFlag, switchFlag } from '../cli-args.js';
 import { ENDPOINT, REMOTE } from '../toolstack.js';
 import { runPostMessage, type PostMessageResult } from './postmessage.js';
 import { ratioRange, scaleRange, type RateRange } from './rates.js';
 import { measureSides, type SidesResult } from './single-thread.js';
 import { runPipeline, type PipelineResult } from './two-thread.js';
 
-/** Exit codes: done, a measurement failed (or its audit was not clean), bad command line. */
-export const EXIT_OK = 0;
+/** Exit codes: done (EXIT_OK), a measurement failed (or its audit was not clean), bad command line (EXIT_USAGE). */
+export { EXIT_OK, EXIT_USAGE };
 export const EXIT_FAILED = 1;
-export const EXIT_USAGE = 2;
 
 /** The frame sizes measured by default: small, MTU-sized, and the largest a tx_request can carry (~64 KiB). */
 export const DEFAULT_SIZES: readonly number[] = [64, 1500, 65535];
@@ -53,65 +53,11 @@ export const USAGE = [
 
 /** Parses argv (without node and script); errors are exact messages. */
 export function parseBenchArgs(argv: readonly string[]): Result<BenchArgs> {
-  let seconds = 3;
-  let sizes: readonly number[] = DEFAULT_SIZES;
-  let out = 'bench-results';
-  let json = false;
-  let help = false;
-  for (let i = 0; i < argv.length; i++) {
-    const arg = argv[i]!;
-    const eq = arg.startsWith('--') ? arg.indexOf('=') : -1;
-    const name = eq >= 0 ? arg.slice(0, eq) : arg;
-    const takeValue = (): string | null => {
-      if (eq >= 0) return arg.slice(eq + 1);
-      const v = argv[i + 1];
-      if (v === undefined || v.startsWith('--')) return null;
-      i++;
-      return v;
-    };
-    switch (name) {
-      case '--seconds': {
-        const v = takeValue();
-        if (v === null) return err('--seconds needs a value');
-        if (!/^(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)$/.test(v) || Number(v) < 0.5 || Number(v) > 60) {
-          return err(`--seconds must be a number in [0.5, 60] but got "${v}"`);
-        }
-        seconds = Number(v);
-        break;
-      }
-      case '--sizes': {
-        const v = takeValue();
-        if (v === null || v === '') return err('--sizes needs a value');
-        const parts = v.split(',');
-        const list: number[] = [];
-        for (const p of parts) {
-          if (!/^[0-9]+$/.test(p) || Number(p) < 50 || Number(p) > 65535) {
-            return err(`--sizes must list integers in [50, 65535] but got "${p}"`);
-          }
-          list.push(Number(p));
-        }
-        sizes = list;
-        break;
-      }
-      case '--out': {
-        const v = takeValue();
-        if (v === null || v === '') return err('--out needs a directory');
-        out = v;
-        break;
-      }
-      case '--json':
-        if (eq >= 0) return err('--json takes no value');
-        json = true;
-        break;
-      case '--help':
-      case '-h':
-        help = true;
-        break;
-      default:
-        return err(`unknown option: ${arg}`);
-    }
-  }
-  return ok({ seconds, sizes, out, json, help });
+  return parseFlags(
+    argv,
+    { seconds: numberFlag({ min: 0.5, max: 60 }), sizes: integerListFlag(50, 65535), out: stringFlag('a directory'), json: switchFlag },
+    { seconds: 3, sizes: DEFAULT_SIZES, out: 'bench-results', json: false },
+  );
 }
 
 /** One frame size's figures. */
@@ -308,17 +254,9 @@ export function writeResults(dir: string, r: BenchResults): string[] {
 
 /** Runs the CLI; returns the exit code. */
 export async function main(argv: readonly string[], io: BenchIo): Promise<number> {
-  const parsed = parseBenchArgs(argv);
-  if (!parsed.ok) {
-    io.err(`bench: ${parsed.error}`);
-    io.err('try --help');
-    return EXIT_USAGE;
-  }
-  const args = parsed.value;
-  if (args.help) {
-    io.out(USAGE);
-    return EXIT_OK;
-  }
+  const cmd = commandLine('bench', parseBenchArgs(argv), USAGE, io);
+  if ('exit' in cmd) return cmd.exit;
+  const args = cmd.args;
   let results: BenchResults;
   try {
     results = await runBench(args, io);
