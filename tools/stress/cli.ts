@@ -1,0 +1,348 @@
+// `npm run stress -- --seconds N [--guests G] [--seed S] [--sim] [--json] [--design D] [--schedule TEXT]`: many
+// guests, mixed traffic, a seeded fault schedule (tools/sim/faults.ts) and the adversary catalogue, then the audit.
+// Thread mode (the default) runs the real workers (./threads.ts); --sim runs the same code in one thread under a
+// seeded scheduler on virtual time (tools/sim). Progress and faults go to stderr as they happen; the summary to
+// stdout, with --json a last line holding one object. Exit status: 0 clean, 1 failure, 2 usage error. A failure
+// prints its seed, its schedule and the command that replays it with --sim.
+import { designByName } from '../../backend/release.js';
+import { err, ok, type Result } from '../../shared/result.js';
+import { FAULT_TYPES, SIM_MAX_GUESTS, faultGuest, formatFaultSchedule, makeFaultSchedule, parseFaultSchedule, type FaultEvent, type FaultType } from '../sim/index.js';
+import type { AdversaryFigures, StressAudit, StressProgress, StressReport, ThreadRunOptions } from './threads.js';
+
+/** Exit codes: clean, failure, bad command line. */
+export const EXIT_OK = 0;
+export const EXIT_FAIL = 1;
+export const EXIT_USAGE = 2;
+
+/** Bounds of the flags. */
+export const MAX_GUESTS = SIM_MAX_GUESTS;
+export const MAX_SECONDS = 3600;
+
+/** The parsed command line. */
+export interface StressArgs {
+  readonly seconds: number;
+  readonly guests: number;
+  readonly seed: number;
+  readonly sim: boolean;
+  readonly json: boolean;
+  readonly design: string;
+  /** A schedule to replay instead of the seed's, or null. */
+  readonly schedule: FaultEvent[] | null;
+  readonly adversary: boolean;
+  readonly help: boolean;
+}
+
+/** The --help text. */
+export const USAGE = [
+  'usage: npm run stress -- --seconds N [--guests G] [--seed S] [--sim] [--json] [--design D] [--schedule TEXT] [--no-adversary]',
+  '',
+  'Runs G guests with mixed traffic for N seconds under a seeded fault schedule (wire loss, NIC stalls, long tap',
+  'holds, slow and stalled receivers, a guest killed mid-traffic, the backend killed and restarted with every',
+  'guest reconnecting, revokes of grants still mapped, event storms) while the adversary catalogue plays malicious',
+  'guests against the same backend; then shuts down in order and audits every grant across every death.',
+  '',
+  `  --seconds N      seconds of traffic, a number in (0, ${MAX_SECONDS}] (required)`,
+  `  --guests G       guests, an integer in [1, ${MAX_GUESTS}] (default 4)`,
+  '  --seed S         seed of the schedule and of every random choice, an integer in [0, 4294967295] (default 1)',
+  '  --sim            one thread, virtual time, seeded scheduler: one seed gives one execution (a failing seed is',
+  '                   a permanent reproduction)',
+  '  --json           make the last stdout line a JSON object: {mode, seed, seconds, guests, design, packets, bytes,',
+  '                   audit, faults, adversary}',
+  '  --design D       release design of the backend (default rusty)',
+  "  --schedule TEXT  replay this fault schedule instead of the seed's (events separated by ';', as a failure prints)",
+  '  --no-adversary   do not play the adversary catalogue',
+  '  --help           this text',
+  '',
+  'Exit status: 0 when the audit is clean (nothing leaked, returned early or twice, corrupt or outstanding), every',
+  'scheduled fault was injected, every adversary case was handled and the backend never crashed; 1 otherwise; 2 for',
+  'a usage error.',
+].join('\n');
+
+const DECIMAL = /^(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)$/;
+
+/** Parses argv (without node and script); errors are exact messages. */
+export function parseStressArgs(argv: readonly string[]): Result<StressArgs> {
+  let seconds: number | null = null;
+  let guests = 4;
+  let seed = 1;
+  let sim = false;
+  let json = false;
+  let design = 'rusty';
+  let scheduleText: string | null = null;
+  let adversary = true;
+  let help = false;
+  for (let i = 0; i < argv.length; i++) {
+    const arg = argv[i]!;
+    const eq = arg.startsWith('--') ? arg.indexOf('=') : -1;
+    const name = eq >= 0 ? arg.slice(0, eq) : arg;
+    const takeValue = (): string | null => {
+      if (eq >= 0) return arg.slice(eq + 1);
+      const v = argv[i + 1];
+      if (v === undefined || v.startsWith('--')) return null;
+      i++;
+      return v;
+    };
+    const flag = (): Result<true> => (eq >= 0 ? err(`${name} takes no value`) : ok(true));
+    switch (name) {
+      case '--seconds': {
+        const v = takeValue();
+        if (v === null) return err('--seconds needs a value');
+        if (!DECIMAL.test(v) || !(Number(v) > 0) || Number(v) > MAX_SECONDS) return err(`--seconds must be a number in (0, ${MAX_SECONDS}] but got "${v}"`);
+        seconds = Number(v);
+        break;
+      }
+      case '--guests': {
+        const v = takeValue();
+        if (v === null) return err('--guests needs a value');
+        if (!/^[0-9]+$/.test(v) || Number(v) < 1 || Number(v) > MAX_GUESTS) return err(`--guests must be an integer in [1, ${MAX_GUESTS}] but got "${v}"`);
+        guests = Number(v);
+        break;
+      }
+      case '--seed': {
+        const v = takeValue();
+        if (v === null) return err('--seed needs a value');
+        if (!/^[0-9]+$/.test(v) || Number(v) > 0xffffffff) return err(`--seed must be an integer in [0, 4294967295] but got "${v}"`);
+        seed = Number(v);
+        break;
+      }
+      case '--design': {
+        const v = takeValue();
+        if (v === null) return err('--design needs a value');
+        if (designByName(v) === undefined) return err(`--design: unknown release design "${v}"`);
+        design = v;
+        break;
+      }
+      case '--schedule': {
+        const v = takeValue();
+        if (v === null) return err('--schedule needs a value');
+        scheduleText = v;
+        break;
+      }
+      case '--sim':
+      case '--json':
+      case '--no-adversary': {
+        const f = flag();
+        if (!f.ok) return f;
+        if (name === '--sim') sim = true;
+        else if (name === '--json') json = true;
+        else adversary = false;
+        break;
+      }
+      case '--help':
+      case '-h':
+        help = true;
+        break;
+      default:
+        return err(`unknown option: ${arg}`);
+    }
+  }
+  if (help) return ok({ seconds: seconds ?? 0, guests, seed, sim, json, design, schedule: null, adversary, help });
+  if (seconds === null) return err('--seconds is required');
+  let schedule: FaultEvent[] | null = null;
+  if (scheduleText !== null) {
+    const s = parseFaultSchedule(scheduleText);
+    if (!s.ok) return err(`--schedule: ${s.error}`);
+    for (const e of s.value) {
+      const g = faultGuest(e);
+      if (g > guests) return err(`--schedule: ${e.type} at ${e.at} ms names guest slot ${g} but there are ${guests} guests`);
+      if (e.at > seconds * 1000) return err(`--schedule: ${e.type} at ${e.at} ms is after the run's ${seconds} s`);
+    }
+    schedule = s.value;
+  }
+  return ok({ seconds, guests, seed, sim, json, design, schedule, adversary, help });
+}
+
+/** What either mode reports (the simulator's report has the same figures). */
+export interface StressOutcome {
+  readonly mode: 'threads' | 'sim';
+  readonly seed: number;
+  readonly seconds: number;
+  readonly guests: number;
+  readonly design: string;
+  readonly packets: number;
+  readonly bytes: number;
+  readonly audit: StressAudit;
+  readonly faults: Record<FaultType, number>;
+  readonly adversary: AdversaryFigures;
+  /** Failures beyond the figures (faults not injected, guests that did not reconnect, errors). */
+  readonly errors: readonly string[];
+  readonly notes: readonly string[];
+}
+
+/** The `--json` object: exactly these keys, in this order. */
+export interface StressJson {
+  mode: 'threads' | 'sim';
+  seed: number;
+  seconds: number;
+  guests: number;
+  design: string;
+  packets: number;
+  bytes: number;
+  audit: StressAudit;
+  faults: Record<FaultType, number>;
+  adversary: AdversaryFigures;
+}
+
+/** The JSON summary of an outcome. */
+export function stressJson(o: StressOutcome): StressJson {
+  const a = o.audit;
+  const faults = {} as Record<FaultType, number>;
+  for (const t of FAULT_TYPES) faults[t] = o.faults[t] ?? 0;
+  return {
+    mode: o.mode,
+    seed: o.seed,
+    seconds: o.seconds,
+    guests: o.guests,
+    design: o.design,
+    packets: o.packets,
+    bytes: o.bytes,
+    audit: {
+      granted: a.granted,
+      returned: a.returned,
+      outstanding: a.outstanding,
+      leaked: a.leaked,
+      earlyReturns: a.earlyReturns,
+      doubleReturns: a.doubleReturns,
+      corruptPayloads: a.corruptPayloads,
+    },
+    faults,
+    adversary: { cases: o.adversary.cases, handled: o.adversary.handled, backendCrashes: o.adversary.backendCrashes },
+  };
+}
+
+/** Why a run failed, one phrase each (empty: it passed). */
+export function stressFailures(o: StressOutcome, schedule: readonly FaultEvent[]): string[] {
+  const a = o.audit;
+  const out: string[] = [];
+  if (a.leaked !== 0) out.push(`${a.leaked} leaked`);
+  if (a.earlyReturns !== 0) out.push(`${a.earlyReturns} early returns`);
+  if (a.doubleReturns !== 0) out.push(`${a.doubleReturns} double returns`);
+  if (a.corruptPayloads !== 0) out.push(`${a.corruptPayloads} corrupt payloads`);
+  if (a.outstanding !== 0) out.push(`${a.outstanding} grants outstanding after shutdown`);
+  if (a.granted !== a.returned + a.outstanding) out.push(`granted ${a.granted} but returned ${a.returned} + outstanding ${a.outstanding}`);
+  const wanted: Partial<Record<FaultType, number>> = {};
+  for (const e of schedule) wanted[e.type] = (wanted[e.type] ?? 0) + 1;
+  for (const t of FAULT_TYPES) {
+    const w = wanted[t] ?? 0;
+    if ((o.faults[t] ?? 0) < w) out.push(`${t} injected ${o.faults[t] ?? 0} of ${w} times`);
+  }
+  if (o.adversary.handled !== o.adversary.cases) out.push(`${o.adversary.cases - o.adversary.handled} of ${o.adversary.cases} adversary cases not handled`);
+  if (o.adversary.backendCrashes !== 0) out.push(`${o.adversary.backendCrashes} backend crashes`);
+  if (o.errors.length > 0) out.push(`${o.errors.length} errors`);
+  return out;
+}
+
+/** The command that replays a run's schedule in the simulator. */
+export function replayCommand(o: Pick<StressOutcome, 'seed' | 'seconds' | 'guests' | 'design'>, schedule: readonly FaultEvent[]): string {
+  const sched = formatFaultSchedule(schedule).split('\n').join('; ');
+  const design = o.design === 'rusty' ? '' : ` --design ${o.design}`;
+  return `npm run stress -- --sim --seed ${o.seed} --seconds ${o.seconds} --guests ${o.guests}${design} --schedule '${sched}'`;
+}
+
+/** The human summary (stdout). */
+export function formatStressSummary(o: StressOutcome, schedule: readonly FaultEvent[]): string[] {
+  const a = o.audit;
+  const lines = [
+    `stress (${o.mode}): ${o.guests} guests, ${o.seconds} s, seed ${o.seed}, design ${o.design}: ${o.packets} packets, ${o.bytes} bytes`,
+    `faults: ${FAULT_TYPES.map((t) => `${t} ${o.faults[t] ?? 0}`).join(', ')}`,
+    `adversary: ${o.adversary.cases} cases, ${o.adversary.handled} handled, ${o.adversary.backendCrashes} backend crashes`,
+  ];
+  for (const n of o.notes) lines.push(`  note: ${n}`);
+  for (const e of o.errors) lines.push(`  error: ${e}`);
+  lines.push(
+    `audit: granted ${a.granted}, returned ${a.returned}, outstanding ${a.outstanding}, leaked ${a.leaked}, ` +
+      `early returns ${a.earlyReturns}, double returns ${a.doubleReturns}, corrupt payloads ${a.corruptPayloads}`,
+  );
+  const bad = stressFailures(o, schedule);
+  if (bad.length === 0) {
+    lines.push('stress: clean');
+    return lines;
+  }
+  lines.push(`stress: FAILED: ${bad.join(', ')}`);
+  lines.push(`seed: ${o.seed}`);
+  lines.push('schedule:');
+  for (const l of formatFaultSchedule(schedule).split('\n')) if (l !== '') lines.push(`  ${l}`);
+  lines.push(`replay: ${replayCommand(o, schedule)}`);
+  return lines;
+}
+
+/** One progress line. */
+export function formatStressProgress(p: StressProgress): string {
+  const rate = p.pps >= 1e3 ? `${(p.pps / 1e3).toFixed(1)}k` : p.pps.toFixed(0);
+  return (
+    `${p.elapsedSeconds.toFixed(0).padStart(4)} s  ${rate} pkt/s  outstanding ${p.outstanding}  guests ${p.guests}  ` +
+    `backend #${p.backend}  faults ${p.injected}/${p.scheduled}`
+  );
+}
+
+/** Where the tool writes (injected so tests and the entry point differ only here). */
+export interface StressIo {
+  out(line: string): void;
+  err(line: string): void;
+}
+
+/** How the two modes run (injected: tests run smaller systems). */
+export interface StressModes {
+  threads(args: StressArgs, schedule: FaultEvent[], io: StressIo): Promise<StressOutcome>;
+  sim(args: StressArgs, schedule: FaultEvent[], io: StressIo): Promise<StressOutcome>;
+}
+
+/** Runs the tool; returns the exit code. */
+export async function main(argv: readonly string[], io: StressIo, modes: StressModes): Promise<number> {
+  const parsed = parseStressArgs(argv);
+  if (!parsed.ok) {
+    io.err(`stress: ${parsed.error}`);
+    io.err('try --help');
+    return EXIT_USAGE;
+  }
+  const args = parsed.value;
+  if (args.help) {
+    io.out(USAGE);
+    return EXIT_OK;
+  }
+  const schedule = args.schedule ?? makeFaultSchedule(args.seed, args.seconds, args.guests);
+  io.err(`stress: seed ${args.seed}, ${schedule.length} faults scheduled`);
+  let outcome: StressOutcome;
+  try {
+    outcome = await (args.sim ? modes.sim(args, schedule, io) : modes.threads(args, schedule, io));
+  } catch (e) {
+    io.err(`stress: ${e instanceof Error ? (e.stack ?? e.message) : String(e)}`);
+    io.err(`seed: ${args.seed}`);
+    io.err(`replay: ${replayCommand(args, schedule)}`);
+    return EXIT_FAIL;
+  }
+  for (const line of formatStressSummary(outcome, schedule)) io.out(line);
+  if (args.json) io.out(JSON.stringify(stressJson(outcome)));
+  return stressFailures(outcome, schedule).length === 0 ? EXIT_OK : EXIT_FAIL;
+}
+
+/** Thread mode from the command line (the real system). */
+export async function threadMode(args: StressArgs, schedule: FaultEvent[], io: StressIo, extra: Partial<ThreadRunOptions> = {}): Promise<StressOutcome> {
+  const { runThreads } = await import('./threads.js');
+  const r: StressReport = await runThreads({
+    seed: args.seed,
+    seconds: args.seconds,
+    guests: args.guests,
+    schedule,
+    design: args.design,
+    adversary: args.adversary,
+    onProgress: (p) => io.err(formatStressProgress(p)),
+    onFault: (l) => io.err(l),
+    onCase: (l) => io.err(l),
+    ...extra,
+  });
+  return {
+    mode: 'threads',
+    seed: r.seed,
+    seconds: r.seconds,
+    guests: r.guests,
+    design: args.design,
+    packets: r.packets,
+    bytes: r.bytes,
+    audit: r.audit,
+    faults: r.faults,
+    adversary: r.adversary,
+    errors: r.errors,
+    notes: [...r.notes, `revokes of mapped grants: ${r.revokes.refused} refused, ${r.revokes.ended} ended later`, `backend incarnations: ${r.backends}`],
+  };
+}
