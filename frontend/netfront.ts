@@ -765,9 +765,11 @@ export class Netfront {
       const st = this.queue(p, now);
       if (st === 'busy') break;
       if (st === 'dropped') continue;
-      notify = this.tx!.pushRequestsAndCheckNotify() || notify;
       sent++;
+      // Linux's xmit_more: requests are published in groups (each push is a seq-cst store and two loads).
+      if (sent % NETFRONT_TX_PUSH_EVERY === 0) notify = tx.pushRequestsAndCheckNotify() || notify;
     }
+    if (sent % NETFRONT_TX_PUSH_EVERY !== 0) notify = tx.pushRequestsAndCheckNotify() || notify;
     if (notify) this.kick(true);
     return sent;
   }

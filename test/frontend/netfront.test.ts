@@ -23,7 +23,7 @@ import {
   XEN_NETIF_RSP_OKAY,
 } from '../../shared/netif.js';
 import { kRspProd } from '../../shared/ring.js';
-import { LatencyHistogram, NETFRONT_POISON, NETFRONT_QUARANTINE_MS, NETFRONT_REVOKE_RETRY_MS, type TxPacket, type TxSource } from '../../frontend/netfront.js';
+import { LatencyHistogram, NETFRONT_POISON, NETFRONT_QUARANTINE_MS, NETFRONT_TX_PUSH_EVERY, NETFRONT_REVOKE_RETRY_MS, type TxPacket, type TxSource } from '../../frontend/netfront.js';
 import { TxFrame, type Flow } from '../../frontend/traffic.js';
 import { ALL_FEATURES, BE, FE_MAC, ScriptedBackend, connected, makeGuest, type GuestRig } from './scripted-backend.js';
 
@@ -435,6 +435,27 @@ test('the backend is notified only when req_event says so', (t) => {
   t.is(g.nf.transmit(8, src), 8);
   t.is(g.nf.stats.txNotifies, 3);
   t.is(g.be.counters().raised - raised0, 3);
+});
+
+test('transmit publishes its requests every NETFRONT_TX_PUSH_EVERY frames and after the last (xmit_more)', (t) => {
+  const { g, be } = connected();
+  // What the backend can see each time transmit asks for the next frame: the requests published so far.
+  const seen: number[] = [];
+  const src: TxSource = {
+    maxFrameLen: 200,
+    next: () => {
+      be.tx.unconsumedRequests();
+      seen.push((be.tx.reqProdSnapshot - be.tx.reqCons) >>> 0);
+      return udp(60);
+    },
+  };
+  const n = 2 * NETFRONT_TX_PUSH_EVERY + 3;
+  t.is(g.nf.transmit(n, src), n);
+  const want = Array.from({ length: n }, (_, i) => i - (i % NETFRONT_TX_PUSH_EVERY));
+  t.deepEqual(seen, want);
+  be.tx.unconsumedRequests();
+  t.is((be.tx.reqProdSnapshot - be.tx.reqCons) >>> 0, n, 'the last group is published before transmit returns');
+  t.is(be.readTx().length, n);
 });
 
 test('the event-channel handler records the event and wakes the loop', (t) => {
