@@ -6,7 +6,7 @@ import { Random } from '../../shared/random.js';
 import { MemoryPcapSink, PcapWriter } from '../../backend/pcap.js';
 import { rusty } from '../../backend/release.js';
 import { CHECKSUM_PARTIAL, SKB_GSO_DODGY, SKB_GSO_TCPV4, type SkBuff, kfreeSkb } from '../../backend/skbuff.js';
-import { Stack, type StackOptions } from '../../backend/stack.js';
+import { SoftirqClock, Stack, type StackOptions } from '../../backend/stack.js';
 import { FakeGuest, HoldingPort, MAC_A, MAC_B, MAC_C, assertBalanced, collect, guestSkb, newCtx, reachableForeignPages, tcp4Frame, udpFrame } from './fixtures/stack-frames.js';
 
 /** A vif that either keeps what it is given (a guest slow to post RX buffers) or copies it out at once and frees it. */
@@ -213,3 +213,27 @@ testProp(
     assertBalanced(t, stack.ctx, guest);
   },
 );
+
+test('SoftirqClock: the base clock outside a batch, the batch\'s first reading inside it (nested batches too)', (t) => {
+  const base = new VirtualClock();
+  const c = new SoftirqClock(base);
+  base.advance(2);
+  t.is(c.now(), 2);
+  c.enter();
+  base.advance(1);
+  t.is(c.now(), 2, 'pinned');
+  c.enter(50);
+  t.is(c.now(), 2, 'an inner batch keeps the outer time');
+  c.exit();
+  t.is(c.now(), 2);
+  c.exit();
+  t.is(c.now(), 3, 'unpinned');
+  c.enter(7);
+  t.is(c.now(), 7, 'a batch may be given its time');
+  c.exit();
+  t.throws(() => c.exit(), { message: 'SoftirqClock: exit without enter' });
+  let fired = 0;
+  c.schedule(1, () => void fired++);
+  base.advance(1);
+  t.is(fired, 1, 'timers are the base clock\'s');
+});

@@ -60,6 +60,28 @@ test('guest to guest over the bridge: A\'s grant comes back only once B received
   t.is(rig.mapper.stats().liveHandles, 0);
 });
 
+test('the stack clock is pinned for one TX action only: its frames carry the time it began, the next action a new one', (t) => {
+  const rig = new Rig();
+  const a = rig.guest(1);
+  const b = rig.guest(2);
+  const stack = onStack(rig, [a, b]);
+  rig.clock.advance(3);
+  // The NIC stamps each frame's completion at enqueue: both frames of one action complete at its start + 5 ms.
+  a.send([{ size: 200 }], { bytes: frame(MAC_B, MAC_A, 200, 1) });
+  a.send([{ size: 200 }], { bytes: frame(MAC_B, MAC_A, 200, 2) });
+  t.is(a.vif.txAction(), 2);
+  t.is(stack.nic.nextDeadline(), 8);
+  t.is(stack.clock.now(), 3, 'the batch is over: the stack reads the clock again');
+  rig.clock.advance(1);
+  t.is(stack.clock.now(), 4);
+  a.send([{ size: 200 }], { bytes: frame(MAC_B, MAC_A, 200, 3) });
+  t.is(a.vif.txAction(), 1);
+  stack.poll(8);
+  t.is(stack.nic.inFlight, 1, 'the second action\'s frame completes at 9, not 8');
+  t.is(stack.nic.nextDeadline(), 9);
+  b.vif.rx!.purge();
+});
+
 test('the bridge learns: B\'s reply goes to A alone; a tap on every port keeps A\'s grants until its window ends', (t) => {
   const rig = new Rig();
   const a = rig.guest(1);

@@ -185,6 +185,34 @@ test('without feature-gso-tcpv4 a GSO frame is dropped; without feature-sg a mul
 // ---------------------------------------------------------------------------------------------------------
 // Grant returns
 
+testProp(
+  'every returned TX page is all 0xdb, however often it was reused for frames of any size at any offset',
+  [fc.array(fc.tuple(fc.integer({ min: 8, max: 9000 }), fc.nat({ max: XEN_PAGE_SIZE - ETH_HLEN }), fc.nat({ max: 3 })), { minLength: 1, maxLength: 40 })],
+  (t, frames) => {
+    const { g, be } = connected();
+    const held: { refs: number[] }[] = [];
+    for (const [payload, offset, hold] of frames) {
+      const f = udp(payload, false, 7, offset);
+      f.pageOffset = offset;
+      t.is(g.nf.xmit(f), 'sent');
+      // Return what the backend holds, keeping up to `hold` packets back so pages are reused in a shuffled order.
+      const ps = be.readTx();
+      for (const p of ps) be.respond(p);
+      g.nf.pollTx();
+      held.push(...ps);
+      while (held.length > hold) {
+        const p = held.shift()!;
+        const pages = p.refs.map((r) => frameOf(g, r));
+        t.is(be.returnGrants(p.refs), p.refs.length);
+        for (const fr of pages) t.true(g.mem.frame(fr).every((b) => b === NETFRONT_POISON), `frame ${fr} is all poison`);
+      }
+    }
+    for (const p of held.splice(0)) be.returnGrants(p.refs);
+    t.is(g.nf.grantsOutstanding, 0);
+  },
+  { numRuns: 30 },
+);
+
 test('a TX response frees only the request id; the grant return ends access, poisons the page and reuses it', (t) => {
   const { g, be } = connected();
   const f = udp(1000);
