@@ -66,6 +66,8 @@ export const kThreadId = 7;
 export const kRxEveryMs = 8;
 /** Int32 word, toolstack → guest: at most this many grants per revoke (0: every mapped TX grant). */
 export const kRevokeMax = 9;
+/** Int32 word, guest -> toolstack: the phase whose counters the guest has published after seeing it. */
+export const kPhaseSeen = 10;
 
 /** kRxMode: take every RX response as it comes. */
 export const RX_NORMAL = 0;
@@ -180,6 +182,16 @@ export class GuestStatsBlock {
   /** Sets the guest's state (guest). */
   setState(state: number): void {
     Atomics.store(this.ctl, kState, state);
+  }
+
+  /** The phase the guest last acknowledged (after publishing the counters it had when it saw it). */
+  get phaseSeen(): number {
+    return Atomics.load(this.ctl, kPhaseSeen);
+  }
+
+  /** Acknowledges a phase (guest). */
+  setPhaseSeen(phase: number): void {
+    Atomics.store(this.ctl, kPhaseSeen, phase);
   }
 
   /** Whether the toolstack killed the guest. Any thread. */
@@ -461,10 +473,15 @@ export class GuestLoop {
     let idle = 0;
     while (cond()) {
       const now = clock.now();
-      const transmit = !noTransmit && this.block.phase === PHASE_RUN;
+      const phase = this.block.phase;
+      const transmit = !noTransmit && phase === PHASE_RUN;
       const did = this.driver.round(now, transmit);
       this.rounds++;
-      if (now - this.lastPublish >= this.publishEveryMs) this.publishNow();
+      if (phase !== this.block.phaseSeen) {
+        // A new phase: the counters of everything done under the old one go out before it is acknowledged.
+        this.publishNow();
+        this.block.setPhaseSeen(phase);
+      } else if (now - this.lastPublish >= this.publishEveryMs) this.publishNow();
       if (did > 0) {
         idle = 0;
         if (now - lastYield >= this.yieldEveryMs) {

@@ -854,6 +854,11 @@ export class Toolstack {
   async stopTraffic(): Promise<void> {
     this.running = false;
     for (const d of this.domains) d.stats.setPhase(PHASE_STOP);
+    // Each live guest acknowledges the stop once its counters include everything it transmitted.
+    const ackBy = performance.now() + 1000;
+    while (performance.now() < ackBy && this.domains.some((d) => d.stats.state === GUEST_CONNECTED && !d.stats.killed && d.stats.phaseSeen < PHASE_STOP)) {
+      await new Promise((resolve) => setTimeout(resolve, 1));
+    }
     const t1 = performance.now();
     if (this.trafficStart.size > 0) {
       this.trafficSeconds = (t1 - this.t0) / 1000;
