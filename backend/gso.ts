@@ -5,7 +5,7 @@
 // Departure: segments get a complete TCP checksum in software (as tcp_gso_segment does for a device without
 // checksum offload), so their bytes are exactly what a wire carries.
 import { ETH_HLEN, ETH_P_IP, ETH_P_IPV6 } from '../shared/ether.js';
-import { IPPROTO_TCP, IPV4_HLEN, TCP_CSUM_OFFSET, TCP_HLEN, csumFold, csumFold16, csumPartial, get16, get32 } from '../shared/inet.js';
+import { IPPROTO_TCP, IPV4_HLEN, TCP_CSUM_OFFSET, TCP_HLEN, csumFold, csumFold16, csumPartial, get16, get32, put16, put32 } from '../shared/inet.js';
 import { err, ok, type Result } from '../shared/result.js';
 import { CHECKSUM_NONE, SKB_GSO_TCPV4, SKB_GSO_TCPV6, type SkBuff, __skbPull, pskbMayPull, skbHeadlen, skbPush, skbSegment } from './skbuff.js';
 
@@ -66,18 +66,6 @@ export function parseTcpGsoHeaders(buf: Uint8Array, off: number, len: number, gs
   const doff = (buf[off + th + 12]! >>> 4) * 4;
   if (doff < TCP_HLEN || th + doff > len) return err(`GSO TCP doff is corrupt: expected ${TCP_HLEN} <= x <= ${len - th} but got ${doff}`);
   return ok({ ipv6: v6, nhOff: nh, thOff: th, hdrLen: th + doff, seq: get32(buf, off + th + 4), ipId, tcpFlags: buf[off + th + 13]! });
-}
-
-function put16(buf: Uint8Array, off: number, v: number): void {
-  buf[off] = (v >>> 8) & 0xff;
-  buf[off + 1] = v & 0xff;
-}
-
-function put32(buf: Uint8Array, off: number, v: number): void {
-  buf[off] = v >>> 24;
-  buf[off + 1] = (v >>> 16) & 0xff;
-  buf[off + 2] = (v >>> 8) & 0xff;
-  buf[off + 3] = v & 0xff;
 }
 
 /** The TCP pseudo-header sum of the segment at `mac` (IPv4 or IPv6 addresses read from its own header). */

@@ -70,12 +70,14 @@ export interface Ipv4Fields {
   daddr: number;
 }
 
-function put16(buf: Uint8Array, off: number, v: number): void {
+/** Writes a big-endian u16. */
+export function put16(buf: Uint8Array, off: number, v: number): void {
   buf[off] = (v >>> 8) & 0xff;
   buf[off + 1] = v & 0xff;
 }
 
-function put32(buf: Uint8Array, off: number, v: number): void {
+/** Writes a big-endian u32. */
+export function put32(buf: Uint8Array, off: number, v: number): void {
   buf[off] = v >>> 24;
   buf[off + 1] = (v >>> 16) & 0xff;
   buf[off + 2] = (v >>> 8) & 0xff;
