@@ -34,7 +34,7 @@ import {
 } from '../shared/xenbus.js';
 import { XenstoreClient } from '../shared/xenstore-client.js';
 import { XenStore } from '../shared/xenstore.js';
-import type { AdversaryHost, DeviceStatus, HonestHealth, HostAudit, HostGuest, VifStatus } from './adversary.js';
+import { honestExchange, honestHealthOf, vifStatusOf, type AdversaryHost, type DeviceStatus, type HonestHealth, type HostAudit, type HostGuest, type VifStatus } from './adversary.js';
 import { NetfrontDriver, type GuestSource } from './loop.js';
 import { Netfront, type TxPacket } from './netfront.js';
 import { TxFrame, type Flow } from './traffic.js';
@@ -372,18 +372,7 @@ export class AdversaryRig implements AdversaryHost {
   }
 
   vifStatus(domid: number): VifStatus | null {
-    const v = this.dom0.vifs.find((x) => x.domid === domid)?.vif;
-    if (v === undefined) return null;
-    return {
-      state: v.state,
-      disabled: v.disabled,
-      carrier: v.carrier,
-      fatalError: v.fatalError,
-      lastTxError: v.lastTxError,
-      mcastCount: v.mcastCount,
-      rxQueued: v.rx?.queuedPackets ?? 0,
-      stats: { ...v.stats },
-    };
+    return vifStatusOf(this.dom0.vifs.find((x) => x.domid === domid)?.vif);
   }
 
   deviceStatus(domid: number): DeviceStatus | null {
@@ -397,52 +386,24 @@ export class AdversaryRig implements AdversaryHost {
   }
 
   honestHealth(): HonestHealth {
-    let outstanding = 0;
-    let rxVerified = 0;
-    let rxCorrupt = 0;
-    let badReturns = 0;
-    let broken = false;
-    for (const g of this.honest) {
-      const s = g.nf.stats;
-      outstanding += g.nf.grantsOutstanding;
-      rxVerified += s.rxVerified;
-      rxCorrupt += s.rxCorruptPayloads;
-      badReturns += s.endAccessFailures + s.badGrantReturns;
-      broken ||= g.nf.broken || g.vif.disabled;
-    }
-    return { outstanding, rxVerified, rxCorrupt, badReturns, broken };
+    return honestHealthOf(this.honest, (g) => g.vif.disabled);
   }
 
-  async exchange(frames: number, each?: () => void): Promise<Result<void>> {
-    const n = this.honest.length;
-    const up0 = this.dom0.uplink.stats.udpVerified;
-    const rx0 = this.honest.map((g) => g.nf.stats.rxVerified);
-    const h0 = this.honestHealth();
-    // Half big (mapped frags, answered when the stack frees them), half small (copied whole), to every other honest
-    // guest and to the remote.
-    const big = Math.ceil(frames / 2);
-    for (const g of this.honest) {
-      const dests: [number, number][] = this.honest.filter((o) => o !== g).map((o) => [guestMac(o.domid), guestIp(o.domid)]);
-      dests.push([RIG_REMOTE.mac, RIG_REMOTE.ip]);
-      for (const [mac, ip] of dests) {
-        g.source.add(mac, ip, big, 1400);
-        g.source.add(mac, ip, frames - big, 120);
-      }
-    }
-    const want = frames * (n - 1);
-    const done = (): boolean =>
-      this.honest.every((g, i) => g.source.pending === 0 && g.nf.stats.rxVerified - rx0[i]! >= want && g.nf.grantsOutstanding === 0) &&
-      this.dom0.uplink.stats.udpVerified - up0 >= frames * n;
-    const finished = await this.run(5000, done, each);
-    const h1 = this.honestHealth();
-    if (h1.rxCorrupt !== h0.rxCorrupt) return err(`${h1.rxCorrupt - h0.rxCorrupt} corrupt payloads received`);
-    if (h1.badReturns !== h0.badReturns) return err(`${h1.badReturns - h0.badReturns} bad grant returns (still mapped, or not outstanding)`);
-    if (h1.broken) return err('an honest guest is broken or its vif disabled');
-    if (!finished) {
-      const got = this.honest.map((g, i) => `d${g.domid}: ${g.nf.stats.rxVerified - rx0[i]!}/${want} received, ${g.source.pending} unsent, ${g.nf.grantsOutstanding} grants out`);
-      return err(`exchange of ${frames} frames did not finish in 5000 ms: ${got.join('; ')}; uplink ${this.dom0.uplink.stats.udpVerified - up0}/${frames * n}`);
-    }
-    return ok(undefined);
+  exchange(frames: number, each?: () => void): Promise<Result<void>> {
+    return honestExchange(
+      {
+        guests: this.honest,
+        remote: RIG_REMOTE,
+        macOf: (g) => guestMac(g.domid),
+        ipOf: (g) => guestIp(g.domid),
+        nameOf: (g) => `d${g.domid}`,
+        uplinkVerified: () => this.dom0.uplink.stats.udpVerified,
+        health: () => this.honestHealth(),
+        run: (ms, until, e) => this.run(ms, until, e),
+      },
+      frames,
+      each,
+    );
   }
 
   uplink(): { readonly udpVerified: number; readonly udpCorrupt: number; readonly other: number } {

@@ -39,7 +39,7 @@ import {
   type RxResponseFields,
   type TxResponseFields,
 } from '../shared/netif.js';
-import type { Result } from '../shared/result.js';
+import { err, ok, type Result } from '../shared/result.js';
 import { FrontRing, RING_OVERFLOW, SRING_HEADER_SIZE, kReqProd, kRspProd, sharedRingInit, type WireStruct } from '../shared/ring.js';
 import {
   VifKey,
@@ -52,6 +52,8 @@ import {
   type XenbusState,
 } from '../shared/xenbus.js';
 import type { XsClient } from '../shared/xenstore-protocol.js';
+import type { Xenvif } from '../backend/xenvif.js';
+import type { Netfront } from './netfront.js';
 import { TxFrame } from './traffic.js';
 
 // ---- The checklist and Linux's answers ----------------------------------------------------------------------
@@ -1601,4 +1603,105 @@ export async function runAdversaryCatalogue(host: AdversaryHost, cases: readonly
     backendCrashes: results.filter((r) => r.backendCrashed).length,
     results,
   };
+}
+
+// ---- What every AdversaryHost (the one-thread rig, the stress backend worker, the simulator) does alike ----------
+
+/** An honest guest as the shared host helpers see it: its netfront and a queue of frames to send. */
+export interface HonestGuestView {
+  readonly nf: Netfront;
+  readonly source: { add(mac: number, ip: number, frames: number, len: number): void; readonly pending: number };
+}
+
+/** A vif's status as the adversary checks read it, or null when there is no such vif. */
+export function vifStatusOf(v: Xenvif | undefined): VifStatus | null {
+  if (v === undefined) return null;
+  return {
+    state: v.state,
+    disabled: v.disabled,
+    carrier: v.carrier,
+    fatalError: v.fatalError,
+    lastTxError: v.lastTxError,
+    mcastCount: v.mcastCount,
+    rxQueued: v.rx?.queuedPackets ?? 0,
+    stats: { ...v.stats },
+  };
+}
+
+/** The honest guests' figures summed; `vifDown(g)` says whether g's vif is gone or disabled. */
+export function honestHealthOf<G extends HonestGuestView>(guests: readonly G[], vifDown: (g: G) => boolean): HonestHealth {
+  let outstanding = 0;
+  let rxVerified = 0;
+  let rxCorrupt = 0;
+  let badReturns = 0;
+  let broken = false;
+  for (const g of guests) {
+    const s = g.nf.stats;
+    outstanding += g.nf.grantsOutstanding;
+    rxVerified += s.rxVerified;
+    rxCorrupt += s.rxCorruptPayloads;
+    badReturns += s.endAccessFailures + s.badGrantReturns;
+    broken ||= g.nf.broken || vifDown(g);
+  }
+  return { outstanding, rxVerified, rxCorrupt, badReturns, broken };
+}
+
+/** How long an exchange between honest guests may take before it is reported as unfinished. */
+export const HONEST_EXCHANGE_MS = 5000;
+
+/** Where one host's honest guests are and how it runs; what `honestExchange` needs. */
+export interface HonestExchangeHost<G extends HonestGuestView> {
+  readonly guests: readonly G[];
+  readonly remote: { readonly mac: number; readonly ip: number };
+  macOf(g: G): number;
+  ipOf(g: G): number;
+  nameOf(g: G): string;
+  uplinkVerified(): number;
+  health(): HonestHealth;
+  run(ms: number, until: () => boolean, each?: () => void): Promise<boolean>;
+  /** Called after a guest's frames are queued (the simulator wakes the guest's actor). */
+  queued?(g: G): void;
+  /** An error the host itself noticed during the exchange (e.g. an honest guest threw), or null. */
+  hostError?(): string | null;
+}
+
+/**
+ * AdversaryHost.exchange: every honest guest sends `frames` to every other one and to the remote, half big (mapped
+ * frags, answered when the stack frees them) and half small (copied whole); ok when all arrived verified, every grant
+ * came back, and nothing was corrupt, badly returned or broken.
+ */
+export async function honestExchange<G extends HonestGuestView>(h: HonestExchangeHost<G>, frames: number, each?: () => void): Promise<Result<void>> {
+  const guests = h.guests;
+  const n = guests.length;
+  const up0 = h.uplinkVerified();
+  const rx0 = guests.map((g) => g.nf.stats.rxVerified);
+  const h0 = h.health();
+  const big = Math.ceil(frames / 2);
+  for (const g of guests) {
+    const dests: [number, number][] = guests.filter((o) => o !== g).map((o) => [h.macOf(o), h.ipOf(o)]);
+    dests.push([h.remote.mac, h.remote.ip]);
+    for (const [mac, ip] of dests) {
+      g.source.add(mac, ip, big, 1400);
+      g.source.add(mac, ip, frames - big, 120);
+    }
+    h.queued?.(g);
+  }
+  const want = frames * (n - 1);
+  const done = (): boolean =>
+    guests.every((g, i) => g.source.pending === 0 && g.nf.stats.rxVerified - rx0[i]! >= want && g.nf.grantsOutstanding === 0) &&
+    h.uplinkVerified() - up0 >= frames * n;
+  const finished = await h.run(HONEST_EXCHANGE_MS, done, each);
+  const h1 = h.health();
+  if (h1.rxCorrupt !== h0.rxCorrupt) return err(`${h1.rxCorrupt - h0.rxCorrupt} corrupt payloads received`);
+  if (h1.badReturns !== h0.badReturns) return err(`${h1.badReturns - h0.badReturns} bad grant returns (still mapped, or not outstanding)`);
+  if (h1.broken) return err('an honest guest is broken or its vif disabled');
+  const hostError = h.hostError?.() ?? null;
+  if (hostError !== null) return err(hostError);
+  if (!finished) {
+    const got = guests.map(
+      (g, i) => `${h.nameOf(g)}: ${g.nf.stats.rxVerified - rx0[i]!}/${want} received, ${g.source.pending} unsent, ${g.nf.grantsOutstanding} grants out`,
+    );
+    return err(`exchange of ${frames} frames did not finish in ${HONEST_EXCHANGE_MS} ms: ${got.join('; ')}; uplink ${h.uplinkVerified() - up0}/${frames * n}`);
+  }
+  return ok(undefined);
 }

@@ -22,7 +22,7 @@
 // so any notification a backend still sent it is counted; grant-return notices are delivered to the guest's next
 // step instead of over a MessagePort.
 
-import { ADVERSARY_CASES, type AdversaryHost, type DeviceStatus, type HonestHealth, type HostAudit, type HostGuest, type VifStatus } from '../../frontend/adversary.js';
+import { ADVERSARY_CASES, honestExchange, honestHealthOf, vifStatusOf, type AdversaryHost, type DeviceStatus, type HonestHealth, type HostAudit, type HostGuest, type VifStatus } from '../../frontend/adversary.js';
 import { GTF_reading, GTF_writing, GrantTable } from '../../shared/gnttab.js';
 import type { GrantReturnMessage } from '../../shared/grant-return.js';
 import type { BackendConfig } from '../../backend/loop.js';
@@ -30,7 +30,7 @@ import { macToString } from '../../shared/ether.js';
 import { EvtchnHost, kRaised } from '../../shared/evtchn.js';
 import { GuestMemory } from '../../shared/memory.js';
 import { Random } from '../../shared/random.js';
-import { err, ok, type Result } from '../../shared/result.js';
+import { err, type Result } from '../../shared/result.js';
 import {
   VifKey,
   XenbusStateClosing,
@@ -807,18 +807,7 @@ export class SimWorld implements AdversaryHost {
   }
 
   vifStatus(domid: number): VifStatus | null {
-    const v = this.backend?.dom0.vifs.find((x) => x.domid === domid)?.vif;
-    if (v === undefined) return null;
-    return {
-      state: v.state,
-      disabled: v.disabled,
-      carrier: v.carrier,
-      fatalError: v.fatalError,
-      lastTxError: v.lastTxError,
-      mcastCount: v.mcastCount,
-      rxQueued: v.rx?.queuedPackets ?? 0,
-      stats: { ...v.stats },
-    };
+    return vifStatusOf(this.backend?.dom0.vifs.find((x) => x.domid === domid)?.vif);
   }
 
   deviceStatus(domid: number): DeviceStatus | null {
@@ -835,57 +824,30 @@ export class SimWorld implements AdversaryHost {
   }
 
   honestHealth(): HonestHealth {
-    let outstanding = 0;
-    let rxVerified = 0;
-    let rxCorrupt = 0;
-    let badReturns = 0;
-    let broken = false;
-    for (const g of this.liveGuests()) {
-      const s = g.nf.stats;
-      outstanding += g.nf.grantsOutstanding;
-      rxVerified += s.rxVerified;
-      rxCorrupt += s.rxCorruptPayloads;
-      badReturns += s.endAccessFailures + s.badGrantReturns;
+    return honestHealthOf(this.liveGuests(), (g) => {
       const vif = this.backend?.dom0.vifs.find((x) => x.domid === g.domid)?.vif;
-      broken ||= g.nf.broken || vif === undefined || vif.disabled;
-    }
-    return { outstanding, rxVerified, rxCorrupt, badReturns, broken };
+      return vif === undefined || vif.disabled;
+    });
   }
 
-  async exchange(frames: number, each?: () => void): Promise<Result<void>> {
-    const live = this.liveGuests();
+  exchange(frames: number, each?: () => void): Promise<Result<void>> {
     const b = this.backend;
-    if (b === null) return err('the backend is down');
-    const n = live.length;
-    const up0 = b.dom0.uplink.stats.udpVerified;
-    const rx0 = live.map((g) => g.nf.stats.rxVerified);
-    const h0 = this.honestHealth();
-    // Half big (mapped frags, answered when the stack frees them), half small (copied whole), to every other live
-    // guest and to the remote (as the adversary rig's exchange).
-    const big = Math.ceil(frames / 2);
-    for (const g of live) {
-      const dests: [number, number][] = live.filter((o) => o !== g).map((o) => [guestMac(o.slot), guestIp(o.slot)]);
-      dests.push([REMOTE.mac, REMOTE.ip]);
-      for (const [mac, ip] of dests) {
-        g.source.add(mac, ip, big, 1400);
-        g.source.add(mac, ip, frames - big, 120);
-      }
-      this.scheduler.wake(g);
-    }
-    const want = frames * (n - 1);
-    const done = (): boolean =>
-      live.every((g, i) => g.source.pending === 0 && g.nf.stats.rxVerified - rx0[i]! >= want && g.nf.grantsOutstanding === 0) &&
-      b.dom0.uplink.stats.udpVerified - up0 >= frames * n;
-    const finished = await this.run(5000, done, each);
-    const h1 = this.honestHealth();
-    if (h1.rxCorrupt !== h0.rxCorrupt) return err(`${h1.rxCorrupt - h0.rxCorrupt} corrupt payloads received`);
-    if (h1.badReturns !== h0.badReturns) return err(`${h1.badReturns - h0.badReturns} bad grant returns (still mapped, or not outstanding)`);
-    if (h1.broken) return err('an honest guest is broken or its vif disabled');
-    if (!finished) {
-      const got = live.map((g, i) => `${g.name}: ${g.nf.stats.rxVerified - rx0[i]!}/${want} received, ${g.source.pending} unsent, ${g.nf.grantsOutstanding} grants out`);
-      return err(`exchange of ${frames} frames did not finish in 5000 ms: ${got.join('; ')}; uplink ${b.dom0.uplink.stats.udpVerified - up0}/${frames * n}`);
-    }
-    return ok(undefined);
+    if (b === null) return Promise.resolve(err('the backend is down'));
+    return honestExchange(
+      {
+        guests: this.liveGuests(),
+        remote: REMOTE,
+        macOf: (g) => guestMac(g.slot),
+        ipOf: (g) => guestIp(g.slot),
+        nameOf: (g) => g.name,
+        uplinkVerified: () => b.dom0.uplink.stats.udpVerified,
+        health: () => this.honestHealth(),
+        run: (ms, until, e) => this.run(ms, until, e),
+        queued: (g) => this.scheduler.wake(g),
+      },
+      frames,
+      each,
+    );
   }
 
   /** What the uplink host saw, hostile senders' corrupt payloads included (as the cases expect). */

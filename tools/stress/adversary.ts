@@ -17,12 +17,12 @@ import type { GrantReturnMessage } from '../../shared/grant-return.js';
 import { ipv4 } from '../../shared/inet.js';
 import { GuestMemory } from '../../shared/memory.js';
 import { XEN_NETIF_GSO_TYPE_TCPV4, XEN_NETIF_RX_SLOT_SIZE, XEN_NETIF_TX_SLOT_SIZE } from '../../shared/netif.js';
-import { err, ok, type Result } from '../../shared/result.js';
+import type { Result } from '../../shared/result.js';
 import { attachBackRing, type BackRing } from '../../shared/ring.js';
 import { vifFrontendPath } from '../../shared/xenbus.js';
 import { XenstoreClient } from '../../shared/xenstore-client.js';
 import type { BackendHostApi } from '../toolstack.js';
-import { ADVERSARY_CASES, runAdversaryCase, type AdversaryHost, type AdversaryResult, type DeviceStatus, type HonestHealth, type HostAudit, type HostGuest, type VifStatus } from '../../frontend/adversary.js';
+import { ADVERSARY_CASES, honestExchange, honestHealthOf, runAdversaryCase, vifStatusOf, type AdversaryHost, type AdversaryResult, type DeviceStatus, type HonestHealth, type HostAudit, type HostGuest, type VifStatus } from '../../frontend/adversary.js';
 import { NetfrontDriver, type GuestSource } from '../../frontend/loop.js';
 import { Netfront, type TxPacket } from '../../frontend/netfront.js';
 import { TxFrame, type Flow } from '../../frontend/traffic.js';
@@ -351,18 +351,7 @@ export class ThreadAdversaryHost implements AdversaryHost {
   }
 
   vifStatus(domid: number): VifStatus | null {
-    const v = this.dom0.vifs.find((x) => x.domid === domid)?.vif;
-    if (v === undefined) return null;
-    return {
-      state: v.state,
-      disabled: v.disabled,
-      carrier: v.carrier,
-      fatalError: v.fatalError,
-      lastTxError: v.lastTxError,
-      mcastCount: v.mcastCount,
-      rxQueued: v.rx?.queuedPackets ?? 0,
-      stats: { ...v.stats },
-    };
+    return vifStatusOf(this.dom0.vifs.find((x) => x.domid === domid)?.vif);
   }
 
   deviceStatus(domid: number): DeviceStatus | null {
@@ -376,51 +365,25 @@ export class ThreadAdversaryHost implements AdversaryHost {
   }
 
   honestHealth(): HonestHealth {
-    let outstanding = 0;
-    let rxVerified = 0;
-    let rxCorrupt = 0;
-    let badReturns = 0;
-    let broken = false;
-    for (const g of this.honest) {
-      const s = g.nf.stats;
-      outstanding += g.nf.grantsOutstanding;
-      rxVerified += s.rxVerified;
-      rxCorrupt += s.rxCorruptPayloads;
-      badReturns += s.endAccessFailures + s.badGrantReturns;
-      broken ||= g.nf.broken || g.vif.disabled;
-    }
-    return { outstanding, rxVerified, rxCorrupt, badReturns, broken };
+    return honestHealthOf(this.honest, (g) => g.vif.disabled);
   }
 
-  async exchange(frames: number, each?: () => void): Promise<Result<void>> {
-    const n = this.honest.length;
-    const up0 = this.dom0.uplink.stats.udpVerified;
-    const rx0 = this.honest.map((g) => g.nf.stats.rxVerified);
-    const h0 = this.honestHealth();
-    const big = Math.ceil(frames / 2);
-    for (const g of this.honest) {
-      const dests: [number, number][] = this.honest.filter((o) => o !== g).map((o) => [mac(o.domid), ip(o.domid)]);
-      dests.push([this.remote.mac, this.remote.ip]);
-      for (const [m, a] of dests) {
-        g.source.add(m, a, big, 1400);
-        g.source.add(m, a, frames - big, 120);
-      }
-    }
-    const want = frames * (n - 1);
-    const done = (): boolean =>
-      this.honest.every((g, i) => g.source.pending === 0 && g.nf.stats.rxVerified - rx0[i]! >= want && g.nf.grantsOutstanding === 0) &&
-      this.dom0.uplink.stats.udpVerified - up0 >= frames * n;
-    const finished = await this.run(EXCHANGE_MS, done, each);
-    const h1 = this.honestHealth();
-    if (h1.rxCorrupt !== h0.rxCorrupt) return err(`${h1.rxCorrupt - h0.rxCorrupt} corrupt payloads received`);
-    if (h1.badReturns !== h0.badReturns) return err(`${h1.badReturns - h0.badReturns} bad grant returns (still mapped, or not outstanding)`);
-    if (h1.broken) return err('an honest guest is broken or its vif disabled');
-    if (this.honestError !== null) return err(`an honest guest threw: ${this.honestError}`);
-    if (!finished) {
-      const got = this.honest.map((g, i) => `d${g.domid}: ${g.nf.stats.rxVerified - rx0[i]!}/${want} received, ${g.source.pending} unsent, ${g.nf.grantsOutstanding} grants out`);
-      return err(`exchange of ${frames} frames did not finish in ${EXCHANGE_MS} ms: ${got.join('; ')}; uplink ${this.dom0.uplink.stats.udpVerified - up0}/${frames * n}`);
-    }
-    return ok(undefined);
+  exchange(frames: number, each?: () => void): Promise<Result<void>> {
+    return honestExchange(
+      {
+        guests: this.honest,
+        remote: this.remote,
+        macOf: (g) => mac(g.domid),
+        ipOf: (g) => ip(g.domid),
+        nameOf: (g) => `d${g.domid}`,
+        uplinkVerified: () => this.dom0.uplink.stats.udpVerified,
+        health: () => this.honestHealth(),
+        run: (ms, until, e) => this.run(ms, until, e),
+        hostError: () => (this.honestError === null ? null : `an honest guest threw: ${this.honestError}`),
+      },
+      frames,
+      each,
+    );
   }
 
   uplink(): { readonly udpVerified: number; readonly udpCorrupt: number; readonly other: number } {
