@@ -265,6 +265,13 @@ function allocShinfo(ctx: SkbContext, size: number): SkbSharedInfo {
   s.gsoSegs = 0;
   s.gsoType = 0;
   s.dataref = 1;
+  clearReleaseState(s);
+  ctx.stats.shinfoAllocs++;
+  return s;
+}
+
+/** Forgets everything a release design hung on a shinfo (destructor, parent, descriptors, token, uarg). */
+function clearReleaseState(s: SkbSharedInfo): void {
   s.destructor = null;
   s.destructorArg = null;
   s.orig = null;
@@ -273,8 +280,6 @@ function allocShinfo(ctx: SkbContext, size: number): SkbSharedInfo {
   s.transactionToken = null;
   s.uarg = null;
   s.origRefs = 0;
-  ctx.stats.shinfoAllocs++;
-  return s;
 }
 
 /** kfree(head): the shinfo and its buffer go back to the pools. */
@@ -285,14 +290,7 @@ function freeShinfo(ctx: SkbContext, s: SkbSharedInfo): void {
   s.nrFrags = 0;
   s.fragList = null;
   s.dataref = 0;
-  s.destructor = null;
-  s.destructorArg = null;
-  s.orig = null;
-  s.zccd = null;
-  s.zccd2 = null;
-  s.transactionToken = null;
-  s.uarg = null;
-  s.origRefs = 0;
+  clearReleaseState(s);
   ctx.stats.shinfoFrees++;
   ctx.shinfoPool.push(s);
 }
