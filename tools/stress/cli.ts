@@ -6,6 +6,7 @@
 // prints its seed, its schedule and the command that replays it with --sim.
 import { designByName } from '../../backend/release.js';
 import { err, ok, type Result } from '../../shared/result.js';
+import { integerFlag, numberFlag, parseFlags, seedFlag, stringFlag, switchFlag, type Flag } from '../cli-args.js';
 import { FAULT_TYPES, SIM_MAX_GUESTS, faultGuest, formatFaultSchedule, makeFaultSchedule, parseFaultSchedule, type FaultEvent, type FaultType } from '../sim/index.js';
 import type { AdversaryFigures, StressAudit, StressProgress, StressReport, ThreadRunOptions } from './threads.js';
 
@@ -58,84 +59,35 @@ export const USAGE = [
   'a usage error.',
 ].join('\n');
 
-const DECIMAL = /^(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)$/;
+/** --design: a release design known to backend/release.ts. */
+const designFlag: Flag<string> = {
+  takesValue: true,
+  read: (flag, value) => {
+    if (value === null) return err(`${flag} needs a value`);
+    return designByName(value) === undefined ? err(`${flag}: unknown release design "${value}"`) : ok(value);
+  },
+};
 
 /** Parses argv (without node and script); errors are exact messages. */
 export function parseStressArgs(argv: readonly string[]): Result<StressArgs> {
-  let seconds: number | null = null;
-  let guests = 4;
-  let seed = 1;
-  let sim = false;
-  let json = false;
-  let design = 'rusty';
-  let scheduleText: string | null = null;
-  let adversary = true;
-  let help = false;
-  for (let i = 0; i < argv.length; i++) {
-    const arg = argv[i]!;
-    const eq = arg.startsWith('--') ? arg.indexOf('=') : -1;
-    const name = eq >= 0 ? arg.slice(0, eq) : arg;
-    const takeValue = (): string | null => {
-      if (eq >= 0) return arg.slice(eq + 1);
-      const v = argv[i + 1];
-      if (v === undefined || v.startsWith('--')) return null;
-      i++;
-      return v;
-    };
-    const flag = (): Result<true> => (eq >= 0 ? err(`${name} takes no value`) : ok(true));
-    switch (name) {
-      case '--seconds': {
-        const v = takeValue();
-        if (v === null) return err('--seconds needs a value');
-        if (!DECIMAL.test(v) || !(Number(v) > 0) || Number(v) > MAX_SECONDS) return err(`--seconds must be a number in (0, ${MAX_SECONDS}] but got "${v}"`);
-        seconds = Number(v);
-        break;
-      }
-      case '--guests': {
-        const v = takeValue();
-        if (v === null) return err('--guests needs a value');
-        if (!/^[0-9]+$/.test(v) || Number(v) < 1 || Number(v) > MAX_GUESTS) return err(`--guests must be an integer in [1, ${MAX_GUESTS}] but got "${v}"`);
-        guests = Number(v);
-        break;
-      }
-      case '--seed': {
-        const v = takeValue();
-        if (v === null) return err('--seed needs a value');
-        if (!/^[0-9]+$/.test(v) || Number(v) > 0xffffffff) return err(`--seed must be an integer in [0, 4294967295] but got "${v}"`);
-        seed = Number(v);
-        break;
-      }
-      case '--design': {
-        const v = takeValue();
-        if (v === null) return err('--design needs a value');
-        if (designByName(v) === undefined) return err(`--design: unknown release design "${v}"`);
-        design = v;
-        break;
-      }
-      case '--schedule': {
-        const v = takeValue();
-        if (v === null) return err('--schedule needs a value');
-        scheduleText = v;
-        break;
-      }
-      case '--sim':
-      case '--json':
-      case '--no-adversary': {
-        const f = flag();
-        if (!f.ok) return f;
-        if (name === '--sim') sim = true;
-        else if (name === '--json') json = true;
-        else adversary = false;
-        break;
-      }
-      case '--help':
-      case '-h':
-        help = true;
-        break;
-      default:
-        return err(`unknown option: ${arg}`);
-    }
-  }
+  const parsed = parseFlags(
+    argv,
+    {
+      seconds: numberFlag({ min: 0, max: MAX_SECONDS, minOpen: true }),
+      guests: integerFlag(1, MAX_GUESTS),
+      seed: seedFlag,
+      design: designFlag,
+      schedule: stringFlag('a value'),
+      sim: switchFlag,
+      json: switchFlag,
+      'no-adversary': switchFlag,
+    },
+    { seconds: null, guests: 4, seed: 1, design: 'rusty', schedule: null, sim: false, json: false, 'no-adversary': false },
+  );
+  if (!parsed.ok) return parsed;
+  const { seconds, guests, seed, design, sim, json, help } = parsed.value;
+  const scheduleText = parsed.value.schedule;
+  const adversary = !parsed.value['no-adversary'];
   if (help) return ok({ seconds: seconds ?? 0, guests, seed, sim, json, design, schedule: null, adversary, help });
   if (seconds === null) return err('--seconds is required');
   let schedule: FaultEvent[] | null = null;
