@@ -512,17 +512,21 @@ export class HostileFront {
 
   /** Reads every TX response published since the last call (RING_COPY_RESPONSE), keeping them in txSeen. */
   txResponses(): TxResponseFields[] {
-    const tx = this.tx;
-    if (tx === null) return [];
-    const n = tx.unconsumedResponses();
+    return this.readResponses(this.tx, TxResponse, this.txSeen);
+  }
+
+  /** Copies out every response a ring has published since the last call, appending them to `seen` too. */
+  private readResponses<T>(ring: FrontRing | null, struct: WireStruct<T> & { create(): T }, seen: T[]): T[] {
+    if (ring === null) return [];
+    const n = ring.unconsumedResponses();
     if (n === RING_OVERFLOW) {
-      this.troubles.push(tx.overflowError());
+      this.troubles.push(ring.overflowError());
       return [];
     }
-    const out: TxResponseFields[] = [];
-    for (let i = 0; i < n; i++) out.push(tx.copyResponse(tx.rspCons + i, TxResponse, TxResponse.create()));
-    tx.consumeResponses(n);
-    this.txSeen.push(...out);
+    const out: T[] = [];
+    for (let i = 0; i < n; i++) out.push(ring.copyResponse(ring.rspCons + i, struct, struct.create()));
+    ring.consumeResponses(n);
+    seen.push(...out);
     return out;
   }
 
@@ -570,18 +574,7 @@ export class HostileFront {
 
   /** Reads every RX response published since the last call, keeping them in rxSeen. */
   rxResponses(): RxResponseFields[] {
-    const rx = this.rx;
-    if (rx === null) return [];
-    const n = rx.unconsumedResponses();
-    if (n === RING_OVERFLOW) {
-      this.troubles.push(rx.overflowError());
-      return [];
-    }
-    const out: RxResponseFields[] = [];
-    for (let i = 0; i < n; i++) out.push(rx.copyResponse(rx.rspCons + i, RxResponse, RxResponse.create()));
-    rx.consumeResponses(n);
-    this.rxSeen.push(...out);
-    return out;
+    return this.readResponses(this.rx, RxResponse, this.rxSeen);
   }
 
   /** Our grants the backend maps or copies right now (GTF_reading/GTF_writing set in our own table). */
