@@ -411,6 +411,10 @@ export class AdversaryRig implements AdversaryHost {
     return { udpVerified: s.udpVerified, udpCorrupt: s.udpCorrupt, other: s.other };
   }
 
+  stallUplink(ms: number): void {
+    this.dom0.fault({ kind: 'nic-stall', ms });
+  }
+
   audit(): HostAudit {
     const o = this.dom0.oracle.report;
     return {

@@ -181,6 +181,8 @@ export interface AdversaryHost {
   exchange(frames: number, each?: () => void): Promise<Result<void>>;
   /** What the uplink host saw: UDP payloads verified or corrupt, and other frames. */
   uplink(): { readonly udpVerified: number; readonly udpCorrupt: number; readonly other: number };
+  /** The uplink NIC completes nothing for `ms` (its frames keep their pages): for a case that acts on a queued frame. */
+  stallUplink(ms: number): void;
   audit(): HostAudit;
 }
 
@@ -274,6 +276,8 @@ const RX_RING_FRAME = 1;
 export const ADVERSARY_WAIT_MS = 200;
 /** How long a case waits for xenstore handshakes and teardowns. */
 export const ADVERSARY_HANDSHAKE_MS = 5000;
+/** How long mapped-page-rewritten stalls the uplink: past a step on real time, within ADVERSARY_WAIT_MS. */
+const MAPPED_REWRITE_STALL_MS = 100;
 
 /**
  * A hostile netfront: the guest's own memory, grant table, event channel and xenstore connection, with the rings
@@ -1111,7 +1115,11 @@ const grefCases: AdversaryCase[] = [
     item: CHECKLIST.grefs,
     expect: 'OKAY',
     linux: 'a guest may scribble on its mapped page: only its own payload changes; the header was copied, so what the stack decided on stands',
-    send: (f) => f.sendPacket([{ size: 1400 }]),
+    send: (f) => {
+      // The frame must still be queued in the uplink NIC when the page is rewritten, on real time too.
+      f.host.stallUplink(MAPPED_REWRITE_STALL_MS);
+      return f.sendPacket([{ size: 1400 }]);
+    },
     inFlight: (f, pkt) => {
       const frame = f.guest.gnttab.entries.frame(pkt.grefs[0]!);
       f.guest.memory.frame(frame).fill(0x5a);
@@ -1395,11 +1403,14 @@ const flapCase: AdversaryCase<FlapPlayed> = {
     await f.host.step();
     const stateWhileDraining = f.vif()?.state ?? null;
     await f.writeState(XenbusStateConnected);
+    // The backend's own state stays Connected until the drain ends (backend_disconnect runs before the Closing
+    // write), so "Connected" alone says nothing yet: wait for the second connect, then for its Connected write.
+    await f.host.run(ADVERSARY_HANDSHAKE_MS, () => (f.host.deviceStatus(f.domid)?.connects ?? 0) >= 2);
     await f.waitBackend([XenbusStateConnected], ADVERSARY_HANDSHAKE_MS);
-    await f.host.run(5, () => (f.host.deviceStatus(f.domid)?.connects ?? 0) >= 2);
     f.txResponses();
+    // Answered once the stack frees its page: a host holding frames in the stack (a tap window) holds this one too.
     const good = f.sendPacket([{ size: 300 }]);
-    await f.runUntilAnswered(good.ids);
+    await f.runUntilAnswered(good.ids, ADVERSARY_HANDSHAKE_MS);
     return {
       pkts,
       inFlightAtClosing,

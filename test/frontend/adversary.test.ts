@@ -187,3 +187,24 @@ test('runAdversaryCase reports a case that throws, and a backend that throws, wi
   t.is(s.handled, 0);
   t.true(s.results[0]!.detail.endsWith('backend threw: Error: netback: dealloc ring overflow'), s.results[0]!.detail);
 });
+
+// ---- Found in thread-mode stress runs, where real time passes during a step ---------------------------------
+
+// The tap's window keeps the in-flight frames (and their grants) 500 ms, as the thread-mode host does. The backend
+// writes Closing only after the drain (backend_disconnect first), so its state reads Connected throughout: the case
+// once took that for the reconnect and gave the second connect 5 ms, and failed every thread-mode run.
+test('regression: state-flap-in-flight while a tap holds the in-flight frames 500 ms (the backend stays Connected until drained)', async (t) => {
+  const rig = await AdversaryRig.create({ config: { tap: true, tapHoldMs: 500 } });
+  const r = await runAdversaryCase(byName('state-flap-in-flight'), rig);
+  t.true(r.handled, r.detail);
+  t.deepEqual(await rig.quiesce(), { ok: true, value: 0 });
+});
+
+// With no completion delay the uplink used to receive the frame before the guest rewrote its page (on real time any
+// step can complete it): the case now stalls the uplink itself, so the rewrite always hits a queued frame.
+test('regression: mapped-page-rewritten when the uplink NIC completes at once (nicCompletionDelayMs 0)', async (t) => {
+  const rig = await AdversaryRig.create({ config: { nicCompletionDelayMs: 0 } });
+  const r = await runAdversaryCase(byName('mapped-page-rewritten'), rig);
+  t.true(r.handled, r.detail);
+  t.deepEqual(await rig.quiesce(), { ok: true, value: 0 });
+});

@@ -857,6 +857,10 @@ export class SimWorld implements AdversaryHost {
     return { udpVerified: s.udpVerified, udpCorrupt: s.udpCorrupt + s.udpCorruptHostile, other: s.other };
   }
 
+  stallUplink(ms: number): void {
+    this.backend?.dom0.fault({ kind: 'nic-stall', ms });
+  }
+
   audit(): HostAudit {
     const o = (this.backend ?? this.backends[this.backends.length - 1])?.dom0.oracle.report;
     return {

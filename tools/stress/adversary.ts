@@ -391,6 +391,10 @@ export class ThreadAdversaryHost implements AdversaryHost {
     return { udpVerified: s.udpVerified, udpCorrupt: s.udpCorrupt + s.udpCorruptHostile, other: s.other };
   }
 
+  stallUplink(ms: number): void {
+    this.dom0.fault({ kind: 'nic-stall', ms });
+  }
+
   audit(): HostAudit {
     const o = this.dom0.oracle.report;
     return {
