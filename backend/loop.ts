@@ -382,6 +382,10 @@ export class SoftirqLoop {
 
 /** Distinct messages the backend keeps for its report. */
 export const MAX_NOTES = 20;
+/** Grefs a "Page still granted!" summary names before it says "…". */
+const STILL_GRANTED_SHOWN = 8;
+// netback's teardown warning, one line per gref per second (NETBACK_UNMAP_WARN_MS): summarized per vif in the report.
+const STILL_GRANTED = /^(.*): Page still granted! Index: [0-9a-f]+ gref (\d+)$/;
 /** How often the remote host's presence is re-announced to the bridge (well inside the 300 s fdb ageing), ms. */
 export const REMOTE_ANNOUNCE_MS = 60_000;
 /** Most vifs' TX requests per action, and RX frames per action (netback's NAPI weight and RX batch). */
@@ -416,6 +420,7 @@ export class Dom0Backend implements SoftirqWork {
   /** The first MAX_NOTES distinct things worth reporting (vif errors, probe failures); see note(). */
   readonly notes: string[] = [];
   private notesDropped = 0;
+  private readonly stillGranted = new Map<string, { reports: number; grefs: Set<number> }>();
   /** Grant-return ports of the guests the toolstack introduced, by domid (a MessagePort, or an in-thread sink). */
   readonly grantPorts = new Map<number, GrantReturnPort & { close(): void }>();
   /** Work run in every round before the backend's own (in-thread guests of the stress tool's adversary host). */
@@ -550,8 +555,19 @@ export class Dom0Backend implements SoftirqWork {
     };
   }
 
-  /** Records something for the report: distinct messages, at most MAX_NOTES of them (the rest are only counted). */
+  /**
+   * Records something for the report: distinct messages, at most MAX_NOTES of them (the rest are only counted);
+   * netback's per-gref teardown warnings become one summary per vif.
+   */
   note(message: string): void {
+    const g = STILL_GRANTED.exec(message);
+    if (g !== null) {
+      let s = this.stillGranted.get(g[1]!);
+      if (s === undefined) this.stillGranted.set(g[1]!, (s = { reports: 0, grefs: new Set() }));
+      s.reports++;
+      s.grefs.add(Number(g[2]));
+      return;
+    }
     if (this.notes.includes(message)) return;
     if (this.notes.length < MAX_NOTES) this.notes.push(message);
     else this.notesDropped++;
@@ -719,6 +735,11 @@ export class Dom0Backend implements SoftirqWork {
     const ps = this.peer.stats;
     const us = this.uplink.stats;
     const notes = [...this.notes];
+    for (const [vif, s] of this.stillGranted) {
+      const grefs = [...s.grefs];
+      const shown = grefs.slice(0, STILL_GRANTED_SHOWN).join(', ') + (grefs.length > STILL_GRANTED_SHOWN ? ', …' : '');
+      notes.push(`${vif}: teardown waited for ${grefs.length} grants the stack still held ("Page still granted!" ${s.reports} times; grefs ${shown})`);
+    }
     if (this.notesDropped > 0) notes.push(`(${this.notesDropped} more messages not kept)`);
     if (us.firstError !== null) notes.push(`uplink: ${us.firstError}`);
     if (this.peer.firstError !== null && ps.corruptSegments > 0) notes.push(`peer: ${this.peer.firstError}`);

@@ -2,6 +2,7 @@ import test from 'ava';
 import { fc, testProp } from '@fast-check/ava';
 import {
   Dom0Backend,
+  MAX_NOTES,
   SoftirqLoop,
   UplinkHost,
   type BackendConfig,
@@ -182,6 +183,23 @@ test('dom0: the remote host announces itself on the uplink port, so guests\' upl
   t.true(dom0.quiescent());
   t.is(dom0.liveSkbs(), 0);
   t.is(dom0.nextDeadline(), clock.now() + 60_000);
+});
+
+test('dom0: notes keep distinct messages up to MAX_NOTES, and netback\'s per-gref teardown warnings become one line per vif', (t) => {
+  const dom0 = new Dom0Backend(config(), new VirtualClock());
+  dom0.note('vif3.0: Too many multicast addresses');
+  dom0.note('vif3.0: Too many multicast addresses');
+  // Two warning rounds a second apart over the same three grants, as netback's teardown prints them, and a fourth.
+  for (let round = 0; round < 2; round++) for (const [idx, gref] of [[0, 280], [4, 764], [0x1e, 344]] as const) dom0.note(`vif4.0: Page still granted! Index: ${idx.toString(16)} gref ${gref}`);
+  dom0.note('vif4.0: Page still granted! Index: 2b gref 619');
+  for (let i = 0; i < 10; i++) dom0.note(`vif5.0: Page still granted! Index: ${i} gref ${100 + i}`);
+  for (let i = 0; i < MAX_NOTES + 3; i++) dom0.note(`probe ${i} failed`);
+  const notes = dom0.report().notes;
+  t.deepEqual(notes.slice(0, 2), ['vif3.0: Too many multicast addresses', 'probe 0 failed']);
+  t.true(notes.includes('vif4.0: teardown waited for 4 grants the stack still held ("Page still granted!" 7 times; grefs 280, 764, 344, 619)'), notes.join('\n'));
+  t.true(notes.includes('vif5.0: teardown waited for 10 grants the stack still held ("Page still granted!" 10 times; grefs 100, 101, 102, 103, 104, 105, 106, 107, …)'), notes.join('\n'));
+  t.true(notes.includes('(4 more messages not kept)'), notes.join('\n'));
+  t.false(notes.some((n) => n.includes('Index:')), 'no raw per-gref line is kept');
 });
 
 test('dom0: an unknown release design is refused', (t) => {
