@@ -611,6 +611,37 @@ export class Dom0Backend implements SoftirqWork {
   }
 
   /**
+   * backend_create_xenvif: a vif for `domid` on the bridge, listed in `vifs`, reporting through vifEvents and noting
+   * its errors (the data path connects later, at the handshake).
+   */
+  createVif(domid: number, handle: number): Xenvif {
+    const vif = new Xenvif({
+      domid,
+      handle,
+      ctx: this.ctx,
+      mapper: this.mapper,
+      clock: this.clock,
+      events: this.vifEvents(domid),
+      mtu: this.config.mtu,
+      rxDrainTimeoutMs: this.config.rxDrainTimeoutMs,
+      txGrantCopy: this.config.grantCopy,
+      log: (level, m) => {
+        if (level === 'err') this.note(m);
+      },
+    });
+    vif.attach(this.stack);
+    this.vifs.push({ domid, vif, close: async () => {} });
+    return vif;
+  }
+
+  /** netback_remove's xenvif_free: the vif leaves the bridge and the list. */
+  destroyVif(vif: Xenvif): void {
+    vif.detach();
+    const i = this.vifs.findIndex((v) => v.vif === vif);
+    if (i >= 0) this.vifs.splice(i, 1);
+  }
+
+  /**
    * The grant events a new vif of `domid` reports: the oracle's, plus the domain's TX hooks fired once at its next
    * map or copy (the moment netback has read the requests: a double-fetch adversary rewrites them then).
    */
@@ -849,29 +880,10 @@ export class BackendRuntime {
       clock: dom0.clock,
       // The port arrives with addDomain, before the guest starts its handshake; look it up at each notice.
       grantReturnPort: { postMessage: (m, t) => dom0.grantPorts.get(fe)?.postMessage(m, t) },
-      createVif: (domid, handle) => {
-        const vif = new Xenvif({
-          domid,
-          handle,
-          ctx: dom0.ctx,
-          mapper: dom0.mapper,
-          clock: dom0.clock,
-          events: dom0.vifEvents(domid),
-          mtu: dom0.config.mtu,
-          rxDrainTimeoutMs: dom0.config.rxDrainTimeoutMs,
-          txGrantCopy: dom0.config.grantCopy,
-          log: (level, m) => {
-            if (level === 'err') dom0.note(m);
-          },
-        });
-        vif.attach(dom0.stack);
-        dom0.vifs.push({ domid, vif, close: async () => {} });
-        return vif;
-      },
-      destroyVif: (vif) => {
-        vif.detach();
-        const i = dom0.vifs.findIndex((v) => v.vif === vif);
-        if (i >= 0) dom0.vifs.splice(i, 1);
+      createVif: (domid, handle) => dom0.createVif(domid, handle),
+      destroyVif: (vif) => dom0.destroyVif(vif),
+      log: (level, m) => {
+        if (level === 'err') dom0.note(m);
       },
     });
     this.probing.delete(key);

@@ -7,7 +7,6 @@
 
 import { Dom0Backend, REMOTE_ANNOUNCE_MS, type BackendConfig } from '../../backend/loop.js';
 import { NetbackXenbus } from '../../backend/netback-xenbus.js';
-import { Xenvif } from '../../backend/xenvif.js';
 import type { EvtchnDomain } from '../../shared/evtchn.js';
 import type { GrantReturnMessage } from '../../shared/grant-return.js';
 import { XenstoreClient } from '../../shared/xenstore-client.js';
@@ -96,11 +95,9 @@ export class SimBackend implements SimActor {
       evtchn: this.opts.evtchn,
       clock: this.clock,
       grantReturnPort: { postMessage: (m) => this.opts.notice(fe, m) },
-      createVif: (domid, handle) => this.makeVif(domid, handle),
+      createVif: (domid, handle) => dom0.createVif(domid, handle),
       destroyVif: (vif) => {
-        vif.detach();
-        const i = dom0.vifs.findIndex((v) => v.vif === vif);
-        if (i >= 0) dom0.vifs.splice(i, 1);
+        dom0.destroyVif(vif);
         this.opts.log(this.name, 'vif-removed', [['vif', vif.name]]);
       },
       log: (level, m) => {
@@ -110,28 +107,6 @@ export class SimBackend implements SimActor {
     this.probing.delete(key);
     if (r.ok) this.devices.set(key, r.value);
     else if (!this.dead) dom0.note(`probe of vif ${key} failed: ${r.error}`);
-  }
-
-  // backend_create_xenvif as the backend worker does it (its TX hooks serve AdversaryHost.interleave).
-  private makeVif(domid: number, handle: number): Xenvif {
-    const dom0 = this.dom0;
-    const vif = new Xenvif({
-      domid,
-      handle,
-      ctx: dom0.ctx,
-      mapper: dom0.mapper,
-      clock: this.clock,
-      events: dom0.vifEvents(domid),
-      mtu: dom0.config.mtu,
-      rxDrainTimeoutMs: dom0.config.rxDrainTimeoutMs,
-      txGrantCopy: dom0.config.grantCopy,
-      log: (level, m) => {
-        if (level === 'err') dom0.note(m);
-      },
-    });
-    vif.attach(dom0.stack);
-    dom0.vifs.push({ domid, vif, close: async () => {} });
-    return vif;
   }
 
   step(now: number): number {
