@@ -13,6 +13,13 @@ export const ETH_P_IPV6 = 0x86dd;
 
 /** The broadcast address ff:ff:ff:ff:ff:ff. */
 export const ETH_BROADCAST = 0xffff_ffff_ffff;
+/** Xen's OUI for guest MACs, 00:16:3e (libxl__device_nic_setdefault). */
+export const XEN_OUI = 0x00163e;
+
+/** A guest's MAC in grantwire's addressing plan: Xen's OUI and its domid (libxl picks the low bytes at random). */
+export function guestMac(domid: number): number {
+  return XEN_OUI * 2 ** 24 + domid;
+}
 
 /** A parsed Ethernet header. */
 export interface EthHeader {

@@ -210,3 +210,8 @@ export function ipToString(a: number): string {
 export function ipv4(a: number, b: number, c: number, d: number): number {
   return ((a << 24) | (b << 16) | (c << 8) | d) >>> 0;
 }
+
+/** A guest's IPv4 address in grantwire's addressing plan: 10.0.<domid high byte>.<domid low byte>. */
+export function guestIp(domid: number): number {
+  return ipv4(10, 0, (domid >>> 8) & 0xff, domid & 0xff);
+}

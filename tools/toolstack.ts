@@ -59,8 +59,8 @@ import {
 } from '../frontend/loop.js';
 import { EVTCHNSTAT_closed, EvtchnHost } from '../shared/evtchn.js';
 import { GTF_reading, GTF_writing, GrantEntriesV1 } from '../shared/gnttab.js';
-import { macToString } from '../shared/ether.js';
-import { ipv4 } from '../shared/inet.js';
+import { guestMac, macToString } from '../shared/ether.js';
+import { guestIp, ipv4 } from '../shared/inet.js';
 import { GuestMemory } from '../shared/memory.js';
 import { XenstoreClient, exposeXenstoreConnection, withTransaction, type XenstoreChannel } from '../shared/xenstore-client.js';
 import type { XsResult, XsWorkerPorts } from '../shared/xenstore-protocol.js';
@@ -80,22 +80,11 @@ import {
 
 /** The backend domain's id. */
 export const BACKEND_DOMID = 0;
-/** Xen's OUI for guest MACs, 00:16:3e (libxl__device_nic_setdefault). */
-export const XEN_OUI = 0x00163e;
+// Guests: guestMac (shared/ether.ts) and guestIp (shared/inet.ts) of their domid.
 /** The local TCP endpoint on the bridge: a locally administered MAC, 10.0.255.254, port 5001. */
 export const ENDPOINT = { mac: 0x02_00_00_00_00_fe, ip: ipv4(10, 0, 255, 254), port: 5001 } as const;
 /** The remote host beyond the uplink (TEST-NET-1, RFC 5737): the TCP peer and the sink of guests' uplink UDP. */
 export const REMOTE = { mac: 0x02_00_00_00_00_01, ip: ipv4(192, 0, 2, 1), port: 5001 } as const;
-
-/** A guest's MAC: 00:16:3e plus its domid. */
-export function guestMac(domid: number): number {
-  return XEN_OUI * 2 ** 24 + domid;
-}
-
-/** A guest's IPv4 address: 10.0.hi.lo of its domid. */
-export function guestIp(domid: number): number {
-  return ipv4(10, 0, (domid >>> 8) & 0xff, domid & 0xff);
-}
 
 // ---- Options, progress and reports ------------------------------------------------------------------------
 

@@ -1,7 +1,8 @@
 import test from 'ava';
 import { LATENCY_BUCKETS, STATS_COUNTERS, sGranted, sOutstanding, sReturned, sTxBytes, sTxPackets, type GuestReport } from '../../frontend/loop.js';
 import { LatencyHistogram } from '../../frontend/netfront.js';
-import { macToString } from '../../shared/ether.js';
+import { guestMac, macToString } from '../../shared/ether.js';
+import { guestIp } from '../../shared/inet.js';
 import { XenstoreClient } from '../../shared/xenstore-client.js';
 import { XenStore } from '../../shared/xenstore.js';
 import { vifBackendPath, vifFrontendPath } from '../../shared/xenbus.js';
@@ -12,8 +13,6 @@ import {
   auditOf,
   buildGuestDomain,
   guestConfig,
-  guestIp,
-  guestMac,
   reportFromSample,
   systemProgress,
   type GuestBuildOptions,

@@ -5,8 +5,8 @@ import { MixSource, type GuestSource } from '../../frontend/loop.js';
 import type { TxPacket } from '../../frontend/netfront.js';
 import { TCP_MAX_FRAME_PAYLOAD, TrafficMix, TxFrame, type Flow, type TrafficHost, type TrafficWeights } from '../../frontend/traffic.js';
 import type { Clock } from '../../shared/clock.js';
-import { ETH_HLEN } from '../../shared/ether.js';
-import { IPV4_HLEN, TCPHDR_ACK, TCP_HLEN, ipv4 } from '../../shared/inet.js';
+import { ETH_HLEN, guestMac } from '../../shared/ether.js';
+import { IPV4_HLEN, TCPHDR_ACK, TCP_HLEN, guestIp, ipv4 } from '../../shared/inet.js';
 import type { Random } from '../../shared/random.js';
 
 /** The host beyond the uplink (the TCP peer). */
@@ -17,14 +17,6 @@ export const ENDPOINT = { mac: 0x02_00_00_00_00_fe, ip: ipv4(10, 0, 255, 254), p
 export const SINK_IP = ipv4(192, 0, 2, 99);
 /** The MTU of every link. */
 export const LAB_MTU = 1500;
-
-/** Guest `domid`'s MAC (Xen's 00:16:3e prefix) and IPv4 address. */
-export function guestMac(domid: number): number {
-  return 0x00_16_3e_00_00_00 + domid;
-}
-export function guestIp(domid: number): number {
-  return ipv4(10, 0, 0, domid);
-}
 
 /** What a workload's source factory gets. */
 export interface SourceEnv {

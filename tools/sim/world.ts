@@ -26,8 +26,9 @@ import { ADVERSARY_CASES, honestExchange, honestHealthOf, vifStatusOf, type Adve
 import { GTF_reading, GTF_writing, GrantTable } from '../../shared/gnttab.js';
 import type { GrantReturnMessage } from '../../shared/grant-return.js';
 import type { BackendConfig } from '../../backend/loop.js';
-import { macToString } from '../../shared/ether.js';
+import { guestMac, macToString } from '../../shared/ether.js';
 import { EvtchnHost, kRaised } from '../../shared/evtchn.js';
+import { guestIp } from '../../shared/inet.js';
 import { GuestMemory } from '../../shared/memory.js';
 import { Random } from '../../shared/random.js';
 import { err, type Result } from '../../shared/result.js';
@@ -46,7 +47,7 @@ import {
 import { XenstoreClient, withTransaction } from '../../shared/xenstore-client.js';
 import type { XsClient, XsResult } from '../../shared/xenstore-protocol.js';
 import { XenStore } from '../../shared/xenstore.js';
-import { ENDPOINT, REMOTE, closeDomainPorts, guestIp, guestMac, toolstackReAddVifBackend } from '../toolstack.js';
+import { ENDPOINT, REMOTE, closeDomainPorts, toolstackReAddVifBackend } from '../toolstack.js';
 import type { BackendTally, GuestTally } from './audit.js';
 import { SimBackend } from './backend.js';
 import { EventLog, type LogValue } from './eventlog.js';
