@@ -11,19 +11,13 @@
 
 import { Dom0Backend, type BackendConfig } from '../backend/loop.js';
 import { NetbackXenbus } from '../backend/netback-xenbus.js';
-import type { GrantEvents } from '../backend/netback.js';
-import type { Page } from '../backend/page.js';
-import { Xenvif } from '../backend/xenvif.js';
 import { VirtualClock } from '../shared/clock.js';
-import { macToString } from '../shared/ether.js';
+import { guestMac, macToString } from '../shared/ether.js';
 import { EvtchnHost } from '../shared/evtchn.js';
-import { GNTMAP_host_map, GNTST_okay, GrantTable } from '../shared/gnttab.js';
-import type { GrantReturnMessage } from '../shared/grant-return.js';
-import { ipv4 } from '../shared/inet.js';
+import { GrantTable } from '../shared/gnttab.js';
+import { guestIp, ipv4 } from '../shared/inet.js';
 import { GuestMemory } from '../shared/memory.js';
-import { XEN_NETIF_GSO_TYPE_TCPV4, XEN_NETIF_RX_SLOT_SIZE, XEN_NETIF_TX_SLOT_SIZE } from '../shared/netif.js';
 import { err, ok, type Result } from '../shared/result.js';
-import { attachBackRing, type BackRing } from '../shared/ring.js';
 import {
   XenbusStateInitWait,
   toolstackAddVif,
@@ -35,9 +29,7 @@ import {
 import { XenstoreClient } from '../shared/xenstore-client.js';
 import { XenStore } from '../shared/xenstore.js';
 import { honestExchange, honestHealthOf, vifStatusOf, type AdversaryHost, type DeviceStatus, type HonestHealth, type HostAudit, type HostGuest, type VifStatus } from './adversary.js';
-import { NetfrontDriver, type GuestSource } from './loop.js';
-import { Netfront, type TxPacket } from './netfront.js';
-import { TxFrame, type Flow } from './traffic.js';
+import { connectHonestGuest, type HonestGuest } from './honest-guest.js';
 
 /** The remote host beyond the uplink. */
 export const RIG_REMOTE = { mac: 0x02_00_00_00_00_01, ip: ipv4(192, 0, 2, 1), port: 5001 };
@@ -47,16 +39,6 @@ export const ADVERSARY_FIRST_DOMID = 16;
 const BUSY_STEP_MS = 0.02;
 /** Idle rounds before the clock jumps to the next deadline. */
 const IDLE_ROUNDS = 2;
-
-/** A guest's MAC: the Xen OUI and the domid. */
-export function guestMac(domid: number): number {
-  return 0x00_16_3e_00_00_00 + domid;
-}
-
-/** A guest's IPv4 address. */
-export function guestIp(domid: number): number {
-  return ipv4(10, 0, domid >>> 8, domid & 0xff);
-}
 
 /** The backend configuration of the rig (Linux's timeouts, the rusty design, zero-copy netback). */
 export function rigConfig(over: Partial<BackendConfig> = {}): BackendConfig {
@@ -78,56 +60,6 @@ export function rigConfig(over: Partial<BackendConfig> = {}): BackendConfig {
     uplinkVerify: true,
     ...over,
   };
-}
-
-/** An honest guest's traffic: UDP frames queued by the rig, sent by netfront as fast as the ring allows. */
-class HonestSource implements GuestSource {
-  readonly maxFrameLen = 1514;
-  private readonly queue: { flow: Flow; len: number }[] = [];
-  private readonly frame = new TxFrame();
-  private pos = 0;
-
-  constructor(private readonly domid: number) {}
-
-  /** Queues `frames` frames of `len` bytes (>= 50) to (mac, ip). */
-  add(mac: number, ip: number, frames: number, len: number): void {
-    const flow: Flow = { srcMac: guestMac(this.domid), dstMac: mac, saddr: guestIp(this.domid), daddr: ip, sport: 40000 + this.domid, dport: 9 };
-    for (let i = 0; i < frames; i++) this.queue.push({ flow, len });
-  }
-
-  get pending(): number {
-    return this.queue.length;
-  }
-
-  next(): TxPacket | null {
-    const q = this.queue.shift();
-    if (q === undefined) return null;
-    const p = this.frame.setUdp(q.flow, this.domid, this.pos, q.len - 42, false);
-    this.pos += q.len;
-    return p;
-  }
-}
-
-/** An honest guest: the real netfront, hand-connected to its vif. */
-export class HonestGuest {
-  /** Grant-return notices not yet handed to netfront. */
-  readonly returns: GrantReturnMessage[] = [];
-
-  constructor(
-    readonly domid: number,
-    readonly nf: Netfront,
-    readonly driver: NetfrontDriver,
-    readonly source: HonestSource,
-    readonly vif: Xenvif,
-  ) {}
-
-  /** Takes the grant returns, then one netfront round (events, TX responses, RX, transmit). */
-  step(now: number): number {
-    let did = 0;
-    for (const m of this.returns) did += this.nf.handleGrantReturns(m.grefs);
-    this.returns.length = 0;
-    return did + this.driver.round(now, true);
-  }
 }
 
 // An adversary domain as the rig keeps it: what the host handed out, and the backend's device for it.
@@ -160,7 +92,6 @@ export class AdversaryRig implements AdversaryHost {
   rounds = 0;
   private readonly xs0: XenstoreClient;
   private readonly adversaries = new Map<number, AdversaryDomain>();
-  private readonly hooks = new Map<number, (() => void)[]>();
   private nextDomid = ADVERSARY_FIRST_DOMID;
   private readonly maxDomid: number;
   private backendError: string | null = null;
@@ -184,98 +115,12 @@ export class AdversaryRig implements AdversaryHost {
     const rig = new AdversaryRig(opts);
     const n = opts.honestGuests ?? 2;
     if (n < 1 || n >= ADVERSARY_FIRST_DOMID) throw new RangeError(`honestGuests must be in [1, ${ADVERSARY_FIRST_DOMID - 1}] but got ${n}`);
-    for (let domid = 1; domid <= n; domid++) rig.honest.push(rig.connectHonest(domid));
+    const dom0 = rig.dom0;
+    for (let domid = 1; domid <= n; domid++) rig.honest.push(connectHonestGuest(dom0, rig.evtchn, domid, (d, table, memory) => dom0.mapper.addDomain(d, table, memory)));
     // Each honest guest speaks once, so the bridge forwards to it instead of flooding.
     const r = await rig.exchange(1);
     if (!r.ok) throw new Error(`rig: warm-up failed: ${r.error}`);
     return rig;
-  }
-
-  // ---- honest guests ----
-
-  private mapRing(domid: number, ref: number, entryBytes: number): BackRing {
-    const m = this.dom0.mapper.map({ dom: domid, ref, flags: GNTMAP_host_map });
-    if (m.status !== GNTST_okay || m.bytes === null) throw new Error(`rig: cannot map ring gref ${ref} of d${domid}: status ${m.status}`);
-    const r = attachBackRing(m.bytes.buffer as SharedArrayBuffer, m.bytes.byteOffset, entryBytes);
-    if (!r.ok) throw new Error(`rig: ${r.error}`);
-    return r.value;
-  }
-
-  // What netback's connect does for a well-behaved frontend: map both rings, bind the channel, connect the vif.
-  private connectHonest(domid: number): HonestGuest {
-    const dom0 = this.dom0;
-    const memory = GuestMemory.create(1024);
-    const gnttab = new GrantTable({ domid, nrEntries: 2048, clock: this.clock });
-    const ev = this.evtchn.domain(domid);
-    const source = new HonestSource(domid);
-    const frames: number[] = [];
-    for (let f = 0; f < memory.nrFrames; f++) frames.push(f);
-    const nf = new Netfront({ domid, backendDomid: dom0.config.domid, memory, gnttab, evtchn: ev, frames, clock: this.clock });
-    const rings = nf.setupRings();
-    if (!rings.ok) throw new Error(`rig: ${rings.error}`);
-    dom0.mapper.addDomain(domid, gnttab.entries.sab, memory.sab);
-    const txRing = this.mapRing(domid, rings.value.txRingRef, XEN_NETIF_TX_SLOT_SIZE);
-    const rxRing = this.mapRing(domid, rings.value.rxRingRef, XEN_NETIF_RX_SLOT_SIZE);
-    const ev0 = this.evtchn.domain(dom0.config.domid);
-    const bound = ev0.bindInterdomain(domid, rings.value.eventChannel);
-    if (!bound.ok) throw new Error(`rig: ${bound.error}`);
-    const vif = this.makeVif(domid, 0);
-    ev0.bind(bound.value, () => vif.interrupt());
-    const port = ev0.port(bound.value);
-    let guest: HonestGuest | null = null;
-    vif.connect({
-      txRing,
-      rxRing,
-      txPort: port,
-      rxPort: port,
-      features: { canSg: true, gsoMask: 1 << XEN_NETIF_GSO_TYPE_TCPV4, ipCsum: true, rxNotify: true },
-      grantReturnPort: { postMessage: (m) => void guest!.returns.push(m) },
-    });
-    guest = new HonestGuest(domid, nf, new NetfrontDriver(nf, ev, source), source, vif);
-    nf.connect({ sg: true, gsoTcpv4: true, rxCopy: true, multiQueueMaxQueues: 1, splitEventChannels: false });
-    return guest;
-  }
-
-  // backend_create_xenvif as the backend worker does it (backend/loop.ts BackendRuntime), with the interleave seam.
-  private makeVif(domid: number, handle: number): Xenvif {
-    const dom0 = this.dom0;
-    const base = dom0.events;
-    const hooks = this.hooks;
-    const fire = (d: number): void => {
-      const list = hooks.get(d);
-      if (list === undefined || list.length === 0) return;
-      hooks.delete(d);
-      for (const fn of list) fn();
-    };
-    const events: GrantEvents = {
-      mapped(page: Page): void {
-        base.mapped(page);
-        fire(domid);
-      },
-      returned(pages: readonly Page[], n: number): void {
-        base.returned(pages, n);
-      },
-      copied(d: number, gref: number, len: number): void {
-        base.copied(d, gref, len);
-        fire(domid);
-      },
-    };
-    const vif = new Xenvif({
-      domid,
-      handle,
-      ctx: dom0.ctx,
-      mapper: dom0.mapper,
-      clock: this.clock,
-      events,
-      mtu: dom0.config.mtu,
-      rxDrainTimeoutMs: dom0.config.rxDrainTimeoutMs,
-      log: (level, m) => {
-        if (level === 'err') dom0.notes.push(m);
-      },
-    });
-    vif.attach(dom0.stack);
-    dom0.vifs.push({ domid, vif, close: async () => {} });
-    return vif;
   }
 
   // ---- AdversaryHost ----
@@ -313,14 +158,10 @@ export class AdversaryRig implements AdversaryHost {
       evtchn: this.evtchn.domain(be),
       clock: this.clock,
       grantReturnPort: { postMessage: (m) => void guest.notices.push(m) },
-      createVif: (fe, handle) => this.makeVif(fe, handle),
-      destroyVif: (vif) => {
-        vif.detach();
-        const i = dom0.vifs.findIndex((v) => v.vif === vif);
-        if (i >= 0) dom0.vifs.splice(i, 1);
-      },
+      createVif: (fe, handle) => dom0.createVif(fe, handle),
+      destroyVif: (vif) => dom0.destroyVif(vif),
       log: (level, m) => {
-        if (level === 'err') dom0.notes.push(m);
+        if (level === 'err') dom0.note(m);
       },
     });
     if (!dev.ok) throw new Error(`rig: probe of d${domid} failed: ${dev.error}`);
@@ -366,8 +207,8 @@ export class AdversaryRig implements AdversaryHost {
   }
 
   interleave(domid: number, fn: () => void): void {
-    const list = this.hooks.get(domid);
-    if (list === undefined) this.hooks.set(domid, [fn]);
+    const list = this.dom0.txHooks.get(domid);
+    if (list === undefined) this.dom0.txHooks.set(domid, [fn]);
     else list.push(fn);
   }
 

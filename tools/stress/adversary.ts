@@ -9,23 +9,19 @@
 // making them; grant-return notices of the honest guests are handed over in their next step (no MessagePort).
 import * as Comlink from 'comlink';
 import type { BackendRuntime, Dom0Backend } from '../../backend/loop.js';
-import { Xenvif } from '../../backend/xenvif.js';
 import type { Clock } from '../../shared/clock.js';
+import { guestMac } from '../../shared/ether.js';
 import type { EvtchnHost } from '../../shared/evtchn.js';
-import { GNTMAP_host_map, GNTST_okay, GrantTable } from '../../shared/gnttab.js';
+import { GrantTable } from '../../shared/gnttab.js';
 import type { GrantReturnMessage } from '../../shared/grant-return.js';
-import { ipv4 } from '../../shared/inet.js';
+import { guestIp } from '../../shared/inet.js';
 import { GuestMemory } from '../../shared/memory.js';
-import { XEN_NETIF_GSO_TYPE_TCPV4, XEN_NETIF_RX_SLOT_SIZE, XEN_NETIF_TX_SLOT_SIZE } from '../../shared/netif.js';
 import type { Result } from '../../shared/result.js';
-import { attachBackRing, type BackRing } from '../../shared/ring.js';
 import { vifFrontendPath } from '../../shared/xenbus.js';
 import { XenstoreClient } from '../../shared/xenstore-client.js';
 import type { BackendHostApi } from '../toolstack.js';
 import { ADVERSARY_CASES, honestExchange, honestHealthOf, runAdversaryCase, vifStatusOf, type AdversaryHost, type AdversaryResult, type DeviceStatus, type HonestHealth, type HostAudit, type HostGuest, type VifStatus } from '../../frontend/adversary.js';
-import { NetfrontDriver, type GuestSource } from '../../frontend/loop.js';
-import { Netfront, type TxPacket } from '../../frontend/netfront.js';
-import { TxFrame, type Flow } from '../../frontend/traffic.js';
+import { connectHonestGuest, type AddHonestDomain, type HonestGuest } from '../../frontend/honest-guest.js';
 
 /** Honest guests the host runs next to the adversaries. */
 export const THREAD_HONEST_GUESTS = 2;
@@ -45,66 +41,6 @@ export const HOLD_CASES: ReadonlyMap<string, number> = new Map([
   ['die-with-grants-mapped', 500],
 ]);
 
-/** A guest's MAC (the toolstack's plan: Xen's OUI and the domid). */
-function mac(domid: number): number {
-  return 0x00_16_3e_00_00_00 + domid;
-}
-
-/** A guest's IPv4 address (the toolstack's plan). */
-function ip(domid: number): number {
-  return ipv4(10, 0, (domid >>> 8) & 0xff, domid & 0xff);
-}
-
-// UDP frames queued by the host, sent as fast as the ring allows.
-class QueuedSource implements GuestSource {
-  readonly maxFrameLen = 1514;
-  private readonly queue: { flow: Flow; len: number }[] = [];
-  private readonly frame = new TxFrame();
-  private pos = 0;
-
-  constructor(private readonly domid: number) {}
-
-  add(dstMac: number, dstIp: number, frames: number, len: number): void {
-    const flow: Flow = { srcMac: mac(this.domid), dstMac, saddr: ip(this.domid), daddr: dstIp, sport: 40000 + (this.domid & 0xfff), dport: 9 };
-    for (let i = 0; i < frames; i++) this.queue.push({ flow, len });
-  }
-
-  get pending(): number {
-    return this.queue.length;
-  }
-
-  next(): TxPacket | null {
-    const q = this.queue.shift();
-    if (q === undefined) return null;
-    const p = this.frame.setUdp(q.flow, this.domid, this.pos, q.len - 42, false);
-    this.pos += q.len;
-    return p;
-  }
-}
-
-// An honest guest: the real netfront on a vif connected by hand.
-class Honest {
-  readonly returns: GrantReturnMessage[] = [];
-
-  constructor(
-    readonly domid: number,
-    readonly nf: Netfront,
-    readonly gnttab: GrantTable,
-    readonly driver: NetfrontDriver,
-    readonly source: QueuedSource,
-    readonly vif: Xenvif,
-    readonly handles: readonly number[],
-    readonly port: number,
-  ) {}
-
-  step(now: number): number {
-    let did = 0;
-    for (const m of this.returns) did += this.nf.handleGrantReturns(m.grefs);
-    this.returns.length = 0;
-    return did + this.driver.round(now, true);
-  }
-}
-
 interface Adversary {
   readonly guest: HostGuest;
   readonly xs: XenstoreClient;
@@ -117,7 +53,7 @@ export class ThreadAdversaryHost implements AdversaryHost {
   readonly clock: Clock;
   readonly remote: { readonly mac: number; readonly ip: number };
   readonly rxDrainTimeoutMs: number;
-  readonly honest: Honest[] = [];
+  readonly honest: HonestGuest[] = [];
   private readonly dom0: Dom0Backend;
   private readonly adversaries = new Map<number, Adversary>();
   private readonly roundWaiters: (() => void)[] = [];
@@ -155,7 +91,9 @@ export class ThreadAdversaryHost implements AdversaryHost {
   /** Builds the honest guests (once) and teaches the bridge their MACs. */
   async start(): Promise<void> {
     if (this.honest.length > 0) return;
-    for (let i = 0; i < THREAD_HONEST_GUESTS; i++) this.honest.push(this.connectHonest(await this.host.allocDomid()));
+    const dom0 = this.dom0;
+    const addDomain: AddHonestDomain = (domid, table, memory, post) => dom0.addDomain(domid, table, memory, { postMessage: post, close: () => {} });
+    for (let i = 0; i < THREAD_HONEST_GUESTS; i++) this.honest.push(connectHonestGuest(dom0, this.evtchn, await this.host.allocDomid(), addDomain));
     const r = await this.exchange(1);
     if (!r.ok) throw new Error(`adversary host: warm-up failed: ${r.error}`);
   }
@@ -188,17 +126,7 @@ export class ThreadAdversaryHost implements AdversaryHost {
       await this.run(EXCHANGE_MS, () => g.nf.grantsOutstanding === 0);
       g.vif.beginDisconnect();
       await Promise.race([g.vif.whenDrained(), this.sleepMs(EXCHANGE_MS)]);
-      if (g.vif.isDrained()) g.vif.finishDisconnect();
-      for (const h of g.handles) this.dom0.mapper.unmap(h);
-      const ev0 = this.evtchn.domain(this.backendDomid);
-      ev0.unbind(g.port);
-      ev0.close(g.port);
-      g.nf.disconnect();
-      g.nf.dispose();
-      g.gnttab.dispose();
-      g.vif.detach();
-      const i = this.dom0.vifs.findIndex((v) => v.vif === g.vif);
-      if (i >= 0) this.dom0.vifs.splice(i, 1);
+      g.disconnect(this.dom0, this.evtchn);
       this.dom0.removeDomain(g.domid);
     }
     this.honest.length = 0;
@@ -206,65 +134,6 @@ export class ThreadAdversaryHost implements AdversaryHost {
 
   private sleepMs(ms: number): Promise<void> {
     return new Promise((resolve) => setTimeout(resolve, ms));
-  }
-
-  private mapRing(domid: number, ref: number, entryBytes: number, handles: number[]): BackRing {
-    const m = this.dom0.mapper.map({ dom: domid, ref, flags: GNTMAP_host_map });
-    if (m.status !== GNTST_okay || m.bytes === null) throw new Error(`cannot map ring gref ${ref} of d${domid}: status ${m.status}`);
-    handles.push(m.handle);
-    const r = attachBackRing(m.bytes.buffer as SharedArrayBuffer, m.bytes.byteOffset, entryBytes);
-    if (!r.ok) throw new Error(r.error);
-    return r.value;
-  }
-
-  // What netback's connect does for a well-behaved frontend: map both rings, bind the channel, connect the vif.
-  private connectHonest(domid: number): Honest {
-    const dom0 = this.dom0;
-    const memory = GuestMemory.create(1024);
-    const gnttab = new GrantTable({ domid, nrEntries: 2048, clock: this.clock });
-    const ev = this.evtchn.domain(domid);
-    const source = new QueuedSource(domid);
-    const frames: number[] = [];
-    for (let f = 0; f < memory.nrFrames; f++) frames.push(f);
-    const nf = new Netfront({ domid, backendDomid: this.backendDomid, memory, gnttab, evtchn: ev, frames, clock: this.clock });
-    const rings = nf.setupRings();
-    if (!rings.ok) throw new Error(rings.error);
-    let guest: Honest | null = null;
-    dom0.addDomain(domid, gnttab.entries.sab, memory.sab, { postMessage: (m) => void guest?.returns.push(m), close: () => {} });
-    const handles: number[] = [];
-    const txRing = this.mapRing(domid, rings.value.txRingRef, XEN_NETIF_TX_SLOT_SIZE, handles);
-    const rxRing = this.mapRing(domid, rings.value.rxRingRef, XEN_NETIF_RX_SLOT_SIZE, handles);
-    const ev0 = this.evtchn.domain(this.backendDomid);
-    const bound = ev0.bindInterdomain(domid, rings.value.eventChannel);
-    if (!bound.ok) throw new Error(bound.error);
-    const vif = new Xenvif({
-      domid,
-      handle: 0,
-      ctx: dom0.ctx,
-      mapper: dom0.mapper,
-      clock: this.clock,
-      events: dom0.vifEvents(domid),
-      mtu: dom0.config.mtu,
-      rxDrainTimeoutMs: dom0.config.rxDrainTimeoutMs,
-      log: (level, m) => {
-        if (level === 'err') dom0.note(m);
-      },
-    });
-    vif.attach(dom0.stack);
-    dom0.vifs.push({ domid, vif, close: async () => {} });
-    ev0.bind(bound.value, () => vif.interrupt());
-    const port = ev0.port(bound.value);
-    vif.connect({
-      txRing,
-      rxRing,
-      txPort: port,
-      rxPort: port,
-      features: { canSg: true, gsoMask: 1 << XEN_NETIF_GSO_TYPE_TCPV4, ipCsum: true, rxNotify: true },
-      grantReturnPort: { postMessage: (m) => void guest?.returns.push(m) },
-    });
-    guest = new Honest(domid, nf, gnttab, new NetfrontDriver(nf, ev, source), source, vif, handles, bound.value);
-    nf.connect({ sg: true, gsoTcpv4: true, rxCopy: true, multiQueueMaxQueues: 1, splitEventChannels: false });
-    return guest;
   }
 
   // ---- AdversaryHost ----
@@ -279,8 +148,8 @@ export class ThreadAdversaryHost implements AdversaryHost {
     const xs = XenstoreClient.remote(made.xenstore);
     const guest: HostGuest = {
       domid,
-      mac: mac(domid),
-      ip: ip(domid),
+      mac: guestMac(domid),
+      ip: guestIp(domid),
       memory,
       gnttab,
       evtchn: this.evtchn.domain(domid),
@@ -373,8 +242,8 @@ export class ThreadAdversaryHost implements AdversaryHost {
       {
         guests: this.honest,
         remote: this.remote,
-        macOf: (g) => mac(g.domid),
-        ipOf: (g) => ip(g.domid),
+        macOf: (g) => guestMac(g.domid),
+        ipOf: (g) => guestIp(g.domid),
         nameOf: (g) => `d${g.domid}`,
         uplinkVerified: () => this.dom0.uplink.stats.udpVerified,
         health: () => this.honestHealth(),
