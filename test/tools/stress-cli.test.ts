@@ -4,7 +4,8 @@ import { execFile } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import test from 'ava';
 import { FAULT_TYPES, parseFaultSchedule, type FaultEvent, type FaultType } from '../../tools/sim/index.js';
-import { EXIT_FAIL, EXIT_OK, EXIT_USAGE, main, parseStressArgs, replayCommand, stressFailures, stressJson, type StressModes, type StressOutcome } from '../../tools/stress/cli.js';
+import { ADVERSARY_CASES } from '../../frontend/adversary.js';
+import { EXIT_FAIL, EXIT_OK, EXIT_USAGE, casesAloneCommand, main, parseStressArgs, replayCommand, stressFailures, stressJson, type StressModes, type StressOutcome } from '../../tools/stress/cli.js';
 
 const AUDIT_KEYS = ['granted', 'returned', 'outstanding', 'leaked', 'earlyReturns', 'doubleReturns', 'corruptPayloads'];
 const JSON_KEYS = ['mode', 'seed', 'seconds', 'guests', 'design', 'packets', 'bytes', 'audit', 'faults', 'adversary'];
@@ -25,6 +26,7 @@ function outcome(over: Partial<StressOutcome> = {}): StressOutcome {
     audit: { granted: 9, returned: 9, outstanding: 0, leaked: 0, earlyReturns: 0, doubleReturns: 0, corruptPayloads: 0 },
     faults: faults(1),
     adversary: { cases: 30, handled: 30, backendCrashes: 0 },
+    failedCases: [],
     errors: [],
     notes: [],
     ...over,
@@ -77,6 +79,9 @@ test('usage errors are exact', (t) => {
     [['--seconds', '1', '--schedule', '10 meteor'], '--schedule: event 1: unknown fault type "meteor": expected one of ' + FAULT_TYPES.join(', ')],
     [['--seconds', '1', '--guests', '2', '--schedule', '10 revoke-mapped g=3 n=1'], '--schedule: revoke-mapped at 10 ms names guest slot 3 but there are 2 guests'],
     [['--seconds', '1', '--schedule', '5000 nic-stall dur=10'], "--schedule: nic-stall at 5000 ms is after the run's 1 s"],
+    [['--seconds', '1', '--cases'], "--cases needs adversary case names separated by ','"],
+    [['--seconds', '1', '--cases', 'event-flood,meteor'], `--cases: unknown adversary case "meteor"; the cases are: ${ADVERSARY_CASES.map((c) => c.name).join(', ')}`],
+    [['--seconds', '1', '--cases', 'event-flood', '--no-adversary'], '--cases and --no-adversary exclude each other'],
   ];
   for (const [argv, msg] of cases) {
     const r = parseStressArgs(argv);
@@ -88,7 +93,7 @@ test('defaults and both --flag value and --flag=value forms', (t) => {
   const r = parseStressArgs(['--seconds=2.5', '--guests', '8', '--seed=9', '--sim', '--json', '--design', 'naive', '--no-adversary']);
   t.true(r.ok);
   if (!r.ok) return;
-  t.deepEqual({ ...r.value }, { seconds: 2.5, guests: 8, seed: 9, sim: true, json: true, design: 'naive', schedule: null, adversary: false, help: false });
+  t.deepEqual({ ...r.value }, { seconds: 2.5, guests: 8, seed: 9, sim: true, json: true, design: 'naive', schedule: null, adversary: false, cases: null, help: false });
   const d = parseStressArgs(['--seconds', '1']);
   t.true(d.ok && d.value.guests === 4 && d.value.seed === 1 && d.value.design === 'rusty' && !d.value.sim && d.value.adversary);
   const s = parseStressArgs(['--seconds', '1', '--schedule', '10 loss dur=5 p=0.5; 2 nic-stall dur=1']);
@@ -96,6 +101,9 @@ test('defaults and both --flag value and --flag=value forms', (t) => {
     { type: 'nic-stall', at: 2, dur: 1 },
     { type: 'loss', at: 10, dur: 5, p: 0.5 },
   ]);
+  // --cases: catalogue order, each once, whatever order and repeats were typed.
+  const c = parseStressArgs(['--seconds', '1', '--cases', 'state-flap-in-flight,req-prod-overrun,state-flap-in-flight']);
+  t.deepEqual(c.ok ? c.value.cases : null, ['req-prod-overrun', 'state-flap-in-flight']);
 });
 
 test('the JSON object has exactly the documented keys, in order, every fault type counted', (t) => {
@@ -127,11 +135,19 @@ test('a run fails on any audit figure, a fault not injected, an unhandled case, 
 
 test('the replay command reruns the same schedule in the simulator', (t) => {
   const sched = oneOfEach.slice(0, 2);
-  const cmd = replayCommand({ seed: 5, seconds: 2, guests: 3, design: 'rusty' }, sched);
+  const cmd = replayCommand({ seed: 5, seconds: 2, guests: 3, design: 'rusty', adversary: true, cases: null }, sched);
   t.is(cmd, "npm run stress -- --sim --seed 5 --seconds 2 --guests 3 --schedule '100 loss dur=10 p=0.1; 200 nic-stall dur=10'");
   const m = /--schedule '(.*)'$/.exec(cmd)!;
   const back = parseStressArgs(['--sim', '--seed', '5', '--seconds', '2', '--guests', '3', '--schedule', m[1]!]);
   t.deepEqual(back.ok ? back.value.schedule : null, sched);
+  // The run's choice of adversary cases is part of the execution: the replay keeps it.
+  t.is(
+    replayCommand({ seed: 5, seconds: 2, guests: 3, design: 'naive', adversary: true, cases: ['req-prod-overrun', 'event-flood'] }, []),
+    "npm run stress -- --sim --seed 5 --seconds 2 --guests 3 --design naive --cases req-prod-overrun,event-flood --schedule ''",
+  );
+  t.is(replayCommand({ seed: 5, seconds: 2, guests: 3, design: 'rusty', adversary: false, cases: null }, []), "npm run stress -- --sim --seed 5 --seconds 2 --guests 3 --no-adversary --schedule ''");
+  t.is(casesAloneCommand({ mode: 'threads', seed: 8, design: 'rusty', failedCases: ['event-flood', 'mcast-over-64'] }), 'npm run stress -- --seed 8 --seconds 1 --cases event-flood,mcast-over-64');
+  t.is(casesAloneCommand({ mode: 'sim', seed: 8, design: 'ubuf', failedCases: ['event-flood'] }), 'npm run stress -- --sim --seed 8 --seconds 1 --design ubuf --cases event-flood');
 });
 
 function io(): { out: string[]; err: string[]; io: { out(l: string): void; err(l: string): void } } {
@@ -156,11 +172,17 @@ test('main: exit 0 with the JSON last; exit 1 with seed, schedule and replay; ex
   t.true(bad.out.includes('seed: 1'));
   t.true(bad.out.includes('  10 nic-stall dur=1'));
   t.true(bad.out.includes("replay: npm run stress -- --sim --seed 1 --seconds 1 --guests 4 --schedule '10 nic-stall dur=1'"));
+  t.false(bad.out.some((l) => l.startsWith('failed cases alone:')), 'no case failed');
+  const badCase = io();
+  const failed = outcome({ seed: 1, seconds: 1, guests: 4, adversary: { cases: 2, handled: 1, backendCrashes: 0 }, failedCases: ['event-flood'] });
+  t.is(await main(['--seconds', '1', '--cases', 'event-flood,mcast-over-64', '--schedule', '10 nic-stall dur=1'], badCase.io, modes(failed)), EXIT_FAIL);
+  t.true(badCase.out.includes("replay: npm run stress -- --sim --seed 1 --seconds 1 --guests 4 --cases mcast-over-64,event-flood --schedule '10 nic-stall dur=1'"), badCase.out.join('\n'));
+  t.true(badCase.out.includes('failed cases alone: npm run stress -- --seed 1 --seconds 1 --cases event-flood'), badCase.out.join('\n'));
   const usage = io();
   t.is(await main(['--guests', '2'], usage.io, modes(outcome())), EXIT_USAGE);
   t.deepEqual(usage.err, ['stress: --seconds is required', 'try --help']);
   t.deepEqual(usage.out, []);
-  t.is(ran, 2);
+  t.is(ran, 3);
 });
 
 test('the entry point: a short thread-mode run exits 0, faults on stderr, the JSON object last on stdout', async (t) => {
@@ -181,4 +203,22 @@ test('the entry point: a short thread-mode run exits 0, faults on stderr, the JS
   t.is(last.faults['event-storm'], 1);
   t.is(last.audit.granted, last.audit.returned);
   t.regex(r.err, /fault +0\.\d+ s +300 nic-stall dur=200/);
+});
+
+// Both cases failed every thread-mode run (the case waited 5 ms for a reconnect that a 500 ms drain delays; the
+// uplink sent the frame before the guest rewrote its page); the rig's regression tests model them on virtual time,
+// this one plays them on real workers, with the case that shares their hold.
+test('regression (thread mode): --cases plays state-flap-in-flight, mapped-page-rewritten and die-with-grants-mapped on real workers, all handled', async (t) => {
+  t.timeout(90_000);
+  const entry = fileURLToPath(new URL('../../tools/stress.js', import.meta.url));
+  const cases = 'state-flap-in-flight,mapped-page-rewritten,die-with-grants-mapped';
+  const r = await new Promise<{ code: number; out: string; err: string }>((resolve) => {
+    execFile(process.execPath, [entry, '--seconds', '1', '--guests', '2', '--seed', '4', '--cases', cases, '--json', '--schedule', '300 nic-stall dur=100'], (e, out, err) => {
+      resolve({ code: e === null ? 0 : ((e as { code?: number }).code ?? 1), out, err });
+    });
+  });
+  t.is(r.code, 0, r.out + r.err);
+  const last = JSON.parse(r.out.trim().split('\n').at(-1)!);
+  t.deepEqual(last.adversary, { cases: 3, handled: 3, backendCrashes: 0 });
+  for (const name of cases.split(',')) t.regex(r.err, new RegExp(`adversary +\\d/3 +handled +${name}`));
 });

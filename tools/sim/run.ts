@@ -69,6 +69,8 @@ export interface SimReport {
   readonly backendCrashes: number;
   /** The adversary cases that were not handled, with why. */
   readonly adversaryFailures: readonly string[];
+  /** The names of those cases. */
+  readonly adversaryFailedCases: readonly string[];
   /** Audit clean, no error, every adversary case handled. */
   readonly clean: boolean;
 }
@@ -168,6 +170,7 @@ export async function runSim(o: SimOptions): Promise<SimReport> {
     errors: [...world.errors],
     backendCrashes: world.backendCrashes,
     adversaryFailures,
+    adversaryFailedCases: (adv?.results ?? []).filter((r) => !r.handled).map((r) => r.name),
     clean: simAuditClean(audit) && world.errors.length === 0 && adversaryFailures.length === 0,
   };
 }

@@ -4,7 +4,7 @@ import { workerData } from 'node:worker_threads';
 import * as Comlink from 'comlink';
 import nodeEndpoint from 'comlink/dist/esm/node-adapter.mjs';
 import { BackendRuntime, Dom0Backend, type BackendApi, type BackendInit } from '../../backend/loop.js';
-import { ADVERSARY_CASES, type AdversaryResult } from '../../frontend/adversary.js';
+import type { AdversaryResult } from '../../frontend/adversary.js';
 import { EvtchnHost } from '../../shared/evtchn.js';
 import { XenstoreClient } from '../../shared/xenstore-client.js';
 import type { BackendHostApi } from '../toolstack.js';
@@ -12,8 +12,6 @@ import { ThreadAdversaryHost } from './adversary.js';
 
 /** The stress backend's control plane: the backend's, plus the adversary catalogue. */
 export interface StressBackendApi extends BackendApi {
-  /** How many cases the catalogue has. */
-  adversaryCases(): number;
   /** Plays case `index` against this backend (never throws). */
   playAdversaryCase(index: number): Promise<AdversaryResult>;
 }
@@ -38,7 +36,6 @@ const api: StressBackendApi = {
       }),
     );
   },
-  adversaryCases: () => ADVERSARY_CASES.length,
   playAdversaryCase: (index) =>
     adversary === null ? Promise.resolve({ name: `case ${index}`, handled: false, detail: 'no adversary host (the backend has no toolstack channel)', backendCrashed: false }) : adversary.play(index),
 };

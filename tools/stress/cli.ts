@@ -3,8 +3,9 @@
 // Thread mode (the default) runs the real workers (./threads.ts); --sim runs the same code in one thread under a
 // seeded scheduler on virtual time (tools/sim). Progress and faults go to stderr as they happen; the summary to
 // stdout, with --json a last line holding one object. Exit status: 0 clean, 1 failure, 2 usage error. A failure
-// prints its seed, its schedule and the command that replays it with --sim.
+// prints its seed, its schedule and the command that replays it with --sim (and the failed adversary cases alone).
 import { designByName } from '../../backend/release.js';
+import { ADVERSARY_CASES } from '../../frontend/adversary.js';
 import { err, ok, type Result } from '../../shared/result.js';
 import { integerFlag, numberFlag, parseFlags, seedFlag, stringFlag, switchFlag, type Flag } from '../cli-args.js';
 import { FAULT_TYPES, SIM_MAX_GUESTS, faultGuest, formatFaultSchedule, makeFaultSchedule, parseFaultSchedule, type FaultEvent, type FaultType } from '../sim/index.js';
@@ -30,12 +31,15 @@ export interface StressArgs {
   /** A schedule to replay instead of the seed's, or null. */
   readonly schedule: FaultEvent[] | null;
   readonly adversary: boolean;
+  /** The adversary cases to play, by name, in catalogue order; null: all of them. */
+  readonly cases: readonly string[] | null;
   readonly help: boolean;
 }
 
 /** The --help text. */
 export const USAGE = [
-  'usage: npm run stress -- --seconds N [--guests G] [--seed S] [--sim] [--json] [--design D] [--schedule TEXT] [--no-adversary]',
+  'usage: npm run stress -- --seconds N [--guests G] [--seed S] [--sim] [--json] [--design D] [--schedule TEXT]',
+  '                          [--cases NAMES | --no-adversary]',
   '',
   'Runs G guests with mixed traffic for N seconds under a seeded fault schedule (wire loss, NIC stalls, long tap',
   'holds, slow and stalled receivers, a guest killed mid-traffic, the backend killed and restarted with every',
@@ -51,6 +55,7 @@ export const USAGE = [
   '                   audit, faults, adversary}',
   '  --design D       release design of the backend (default rusty)',
   "  --schedule TEXT  replay this fault schedule instead of the seed's (events separated by ';', as a failure prints)",
+  '  --cases NAMES    play only these adversary cases (comma-separated names, as the report prints them)',
   '  --no-adversary   do not play the adversary catalogue',
   '  --help           this text',
   '',
@@ -68,6 +73,19 @@ const designFlag: Flag<string> = {
   },
 };
 
+/** --cases: adversary case names, each in the catalogue; returned in catalogue order without repeats. */
+const casesFlag: Flag<readonly string[]> = {
+  takesValue: true,
+  read: (flag, value) => {
+    if (value === null || value === '') return err(`${flag} needs adversary case names separated by ','`);
+    const names = value.split(',').map((n) => n.trim());
+    const known = ADVERSARY_CASES.map((c) => c.name);
+    const unknown = names.find((n) => !known.includes(n));
+    if (unknown !== undefined) return err(`${flag}: unknown adversary case "${unknown}"; the cases are: ${known.join(', ')}`);
+    return ok(known.filter((n) => names.includes(n)));
+  },
+};
+
 /** Parses argv (without node and script); errors are exact messages. */
 export function parseStressArgs(argv: readonly string[]): Result<StressArgs> {
   const parsed = parseFlags(
@@ -80,16 +98,19 @@ export function parseStressArgs(argv: readonly string[]): Result<StressArgs> {
       schedule: stringFlag('a value'),
       sim: switchFlag,
       json: switchFlag,
+      cases: casesFlag,
       'no-adversary': switchFlag,
     },
-    { seconds: null, guests: 4, seed: 1, design: 'rusty', schedule: null, sim: false, json: false, 'no-adversary': false },
+    { seconds: null, guests: 4, seed: 1, design: 'rusty', schedule: null, sim: false, json: false, cases: null, 'no-adversary': false },
   );
   if (!parsed.ok) return parsed;
   const { seconds, guests, seed, design, sim, json, help } = parsed.value;
   const scheduleText = parsed.value.schedule;
   const adversary = !parsed.value['no-adversary'];
-  if (help) return ok({ seconds: seconds ?? 0, guests, seed, sim, json, design, schedule: null, adversary, help });
+  const cases = parsed.value.cases;
+  if (help) return ok({ seconds: seconds ?? 0, guests, seed, sim, json, design, schedule: null, adversary, cases, help });
   if (seconds === null) return err('--seconds is required');
+  if (cases !== null && !adversary) return err('--cases and --no-adversary exclude each other');
   let schedule: FaultEvent[] | null = null;
   if (scheduleText !== null) {
     const s = parseFaultSchedule(scheduleText);
@@ -101,7 +122,7 @@ export function parseStressArgs(argv: readonly string[]): Result<StressArgs> {
     }
     schedule = s.value;
   }
-  return ok({ seconds, guests, seed, sim, json, design, schedule, adversary, help });
+  return ok({ seconds, guests, seed, sim, json, design, schedule, adversary, cases, help });
 }
 
 /** What either mode reports (the simulator's report has the same figures). */
@@ -116,6 +137,8 @@ export interface StressOutcome {
   readonly audit: StressAudit;
   readonly faults: Record<FaultType, number>;
   readonly adversary: AdversaryFigures;
+  /** The adversary cases that were not handled, by name. */
+  readonly failedCases: readonly string[];
   /** Failures beyond the figures (faults not injected, guests that did not reconnect, errors). */
   readonly errors: readonly string[];
   readonly notes: readonly string[];
@@ -184,15 +207,26 @@ export function stressFailures(o: StressOutcome, schedule: readonly FaultEvent[]
   return out;
 }
 
-/** The command that replays a run's schedule in the simulator. */
-export function replayCommand(o: Pick<StressOutcome, 'seed' | 'seconds' | 'guests' | 'design'>, schedule: readonly FaultEvent[]): string {
+/** The command that replays a run's schedule (and its choice of adversary cases) in the simulator. */
+export function replayCommand(o: Pick<StressArgs, 'seed' | 'seconds' | 'guests' | 'design' | 'adversary' | 'cases'>, schedule: readonly FaultEvent[]): string {
   const sched = formatFaultSchedule(schedule).split('\n').join('; ');
   const design = o.design === 'rusty' ? '' : ` --design ${o.design}`;
-  return `npm run stress -- --sim --seed ${o.seed} --seconds ${o.seconds} --guests ${o.guests}${design} --schedule '${sched}'`;
+  const cases = !o.adversary ? ' --no-adversary' : o.cases === null ? '' : ` --cases ${o.cases.join(',')}`;
+  return `npm run stress -- --sim --seed ${o.seed} --seconds ${o.seconds} --guests ${o.guests}${design}${cases} --schedule '${sched}'`;
+}
+
+/** Seconds of traffic before the cases in the command that plays failed adversary cases alone. */
+export const CASES_ALONE_SECONDS = 1;
+
+/** The command that plays only the failed adversary cases, in the mode they failed in, after a short run. */
+export function casesAloneCommand(o: Pick<StressOutcome, 'mode' | 'seed' | 'design' | 'failedCases'>): string {
+  const sim = o.mode === 'sim' ? ' --sim' : '';
+  const design = o.design === 'rusty' ? '' : ` --design ${o.design}`;
+  return `npm run stress --${sim} --seed ${o.seed} --seconds ${CASES_ALONE_SECONDS}${design} --cases ${o.failedCases.join(',')}`;
 }
 
 /** The human summary (stdout). */
-export function formatStressSummary(o: StressOutcome, schedule: readonly FaultEvent[]): string[] {
+export function formatStressSummary(o: StressOutcome, args: StressArgs, schedule: readonly FaultEvent[]): string[] {
   const a = o.audit;
   const lines = [
     `stress (${o.mode}): ${o.guests} guests, ${o.seconds} s, seed ${o.seed}, design ${o.design}: ${o.packets} packets, ${o.bytes} bytes`,
@@ -214,7 +248,8 @@ export function formatStressSummary(o: StressOutcome, schedule: readonly FaultEv
   lines.push(`seed: ${o.seed}`);
   lines.push('schedule:');
   for (const l of formatFaultSchedule(schedule).split('\n')) if (l !== '') lines.push(`  ${l}`);
-  lines.push(`replay: ${replayCommand(o, schedule)}`);
+  lines.push(`replay: ${replayCommand(args, schedule)}`);
+  if (o.failedCases.length > 0) lines.push(`failed cases alone: ${casesAloneCommand(o)}`);
   return lines;
 }
 
@@ -263,7 +298,7 @@ export async function main(argv: readonly string[], io: StressIo, modes: StressM
     io.err(`replay: ${replayCommand(args, schedule)}`);
     return EXIT_FAIL;
   }
-  for (const line of formatStressSummary(outcome, schedule)) io.out(line);
+  for (const line of formatStressSummary(outcome, args, schedule)) io.out(line);
   if (args.json) io.out(JSON.stringify(stressJson(outcome)));
   return stressFailures(outcome, schedule).length === 0 ? EXIT_OK : EXIT_FAIL;
 }
@@ -278,6 +313,7 @@ export async function threadMode(args: StressArgs, schedule: FaultEvent[], io: S
     schedule,
     design: args.design,
     adversary: args.adversary,
+    ...(args.cases !== null && { adversaryCases: args.cases }),
     onProgress: (p) => io.err(formatStressProgress(p)),
     onFault: (l) => io.err(l),
     onCase: (l) => io.err(l),
@@ -294,6 +330,7 @@ export async function threadMode(args: StressArgs, schedule: FaultEvent[], io: S
     audit: r.audit,
     faults: r.faults,
     adversary: r.adversary,
+    failedCases: r.failedCases,
     errors: r.errors,
     notes: [...r.notes, `revokes of mapped grants: ${r.revokes.refused} refused, ${r.revokes.ended} ended later`, `backend incarnations: ${r.backends}`],
   };

@@ -1,5 +1,6 @@
 // --sim: the same guests, backend and stack code in one thread under the seeded scheduler on virtual time (tools/sim
 // runSim), with the same schedule; one seed gives one execution, so its JSON is the same on every run.
+import { ADVERSARY_CASES } from '../../frontend/adversary.js';
 import { runSim, type FaultEvent } from '../sim/index.js';
 import type { StressArgs, StressIo, StressOutcome } from './cli.js';
 
@@ -12,6 +13,7 @@ export async function simMode(args: StressArgs, schedule: FaultEvent[], io: Stre
     schedule,
     design: args.design,
     adversary: args.adversary,
+    ...(args.cases !== null && { adversaryCases: ADVERSARY_CASES.filter((c) => args.cases!.includes(c.name)) }),
     onProgress: (p) => io.err(`${p.virtualSeconds.toFixed(0).padStart(4)} s (virtual)  ${p.packets} packets  outstanding ${p.outstanding}`),
   });
   const errors = [...r.errors, ...r.adversaryFailures];
@@ -27,6 +29,7 @@ export async function simMode(args: StressArgs, schedule: FaultEvent[], io: Stre
     audit: r.audit,
     faults: r.faults,
     adversary: { cases: r.adversary.cases, handled: r.adversary.handled, backendCrashes: Math.max(r.adversary.backendCrashes, r.backendCrashes) },
+    failedCases: r.adversaryFailedCases,
     errors,
     notes: [`event log: ${r.eventLog.split('\n').length} lines`],
   };

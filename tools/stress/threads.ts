@@ -5,6 +5,7 @@
 // the backend worker terminated, its domain released, a new backend started and every guest reconnected. At the end
 // the system shuts down in order and the audit adds up every guest (the dead ones too) and every backend incarnation.
 import { FAULT_TYPES, countFaults, formatFaultEvent, type FaultEvent, type FaultType } from '../sim/index.js';
+import { ADVERSARY_CASES } from '../../frontend/adversary.js';
 import { PHASE_STOP, RX_NORMAL, RX_SLOW, RX_STALLED, sOutstanding, sRevokeEnded, sRevokeRefused, sTxPackets } from '../../frontend/loop.js';
 import type * as Comlink from 'comlink';
 import type { StressBackendApi } from './backend-worker.js';
@@ -44,6 +45,8 @@ export interface StressReport {
   /** Faults scheduled, by type. */
   readonly scheduled: Record<FaultType, number>;
   readonly adversary: AdversaryFigures;
+  /** The adversary cases that were not handled, by name. */
+  readonly failedCases: readonly string[];
   /** Revokes of mapped grants that end access refused, and how many of those ended later. */
   readonly revokes: { readonly refused: number; readonly ended: number };
   /** Backend incarnations (1 + restarts). */
@@ -62,6 +65,8 @@ export interface ThreadRunOptions {
   readonly design?: string;
   /** Plays the adversary catalogue against the running backend (see ./adversary.ts); default false. */
   readonly adversary?: boolean;
+  /** The adversary cases to play, by name (default the whole catalogue). */
+  readonly adversaryCases?: readonly string[];
   /** Called about once a second. */
   readonly onProgress?: (p: StressProgress) => void;
   /** Called as each fault is injected (its canonical text and what it did). */
@@ -148,6 +153,7 @@ class ThreadDriver {
   readonly injected = zeroFaults();
   readonly errors: string[] = [];
   readonly notes: string[] = [];
+  private readonly failedCases: string[] = [];
   // Slot g (1..guests) -> the domid living in it now (0 while it reboots).
   readonly slots: number[];
   private readonly gate = new Gate();
@@ -299,15 +305,20 @@ class ThreadDriver {
     for (const d of ts.liveDomains) d.stats.setPhase(PHASE_STOP);
     await sleep(ADVERSARY_QUIET_MS);
     const api = (): Comlink.Remote<StressBackendApi> => ts.backend.api as unknown as Comlink.Remote<StressBackendApi>;
-    const n = await api().adversaryCases();
+    const wanted = this.o.adversaryCases;
+    const indices = ADVERSARY_CASES.flatMap((c, i) => (wanted === undefined || wanted.includes(c.name) ? [i] : []));
+    const n = indices.length;
     let handled = 0;
     let crashes = 0;
-    for (let i = 0; i < n; i++) {
+    for (const [k, i] of indices.entries()) {
       const r = await this.gate.exclusive(() => api().playAdversaryCase(i));
       if (r.handled) handled++;
-      else this.errors.push(`adversary ${r.name}: ${r.detail}`);
+      else {
+        this.failedCases.push(r.name);
+        this.errors.push(`adversary ${r.name}: ${r.detail}`);
+      }
       if (r.backendCrashed) crashes++;
-      this.o.onCase?.(`adversary ${String(i + 1).padStart(2)}/${n}  ${r.handled ? 'handled' : 'NOT HANDLED'}  ${r.name}${r.handled ? '' : `: ${r.detail}`}`);
+      this.o.onCase?.(`adversary ${String(k + 1).padStart(2)}/${n}  ${r.handled ? 'handled' : 'NOT HANDLED'}  ${r.name}${r.handled ? '' : `: ${r.detail}`}`);
       if (ts.backendDead !== null) await this.recoverCrashedBackend();
     }
     return { cases: n, handled, backendCrashes: crashes };
@@ -395,6 +406,7 @@ class ThreadDriver {
       faults: { ...this.injected },
       scheduled,
       adversary: { ...adversary, backendCrashes: adversary.backendCrashes + ts.backendCrashes },
+      failedCases: [...this.failedCases],
       revokes: { refused, ended },
       backends: ts.backends.length,
       errors: [...this.errors],
