@@ -24,7 +24,7 @@ import { XenstoreClient } from '../shared/xenstore-client.js';
 import type { XsWorkerPorts } from '../shared/xenstore-protocol.js';
 import { LatencyHistogram, Netfront, type TxPacket, type TxSource } from './netfront.js';
 import { NetfrontXenbus } from './netfront-xenbus.js';
-import { TrafficMix, TxFrame } from './traffic.js';
+import { TrafficMix, TxFrame, type MixSettings } from './traffic.js';
 
 /** Toolstack → guest (kPhase): connect and wait. */
 export const PHASE_CONNECT = 0;
@@ -310,6 +310,8 @@ export interface GuestConfig {
   /** 'mix': the demo's mixed traffic; 'fixed': UDP frames of fixedSize bytes to the remote host (the bench). */
   readonly traffic: GuestTrafficKind;
   readonly fixedSize: number;
+  /** What 'mix' traffic changes from the demo's mix. */
+  readonly mix: MixSettings;
   /** Grant-table entries and page-pool frames the guest may use. */
   readonly grantEntries: number;
   /** How long the guest waits for its last grants after the toolstack asks it to close, ms. */
@@ -615,6 +617,7 @@ export function guestSource(cfg: GuestConfig, clock: Clock, random: Random): Gue
       // Every guest numbers its UDP streams from 0: the thread-wide pattern cache then holds one table per stream
       // number instead of one per guest and stream (receivers check each datagram against its own tag either way).
       streamBase: 0,
+      ...cfg.mix,
     }),
   );
 }

@@ -33,6 +33,7 @@ import {
 import { NETRXF_csum_blank, NETRXF_data_validated, XEN_NETIF_MAX_TX_SIZE } from '../shared/netif.js';
 import { PAYLOAD_TAG_LEN, checkTaggedPayload, patternByte } from '../shared/payload.js';
 import type { Random } from '../shared/random.js';
+import { err, ok, type Result } from '../shared/result.js';
 import type { TxPacket, TxSource } from './netfront.js';
 
 // ---- Pattern fill ----------------------------------------------------------------------------------------
@@ -933,6 +934,62 @@ export interface TrafficMixOptions {
   readonly csumBlankFraction?: number;
 }
 
+/** What a user may change of the mix from a command line: the weights and the UDP size fractions. */
+export interface MixSettings {
+  readonly weights?: Partial<TrafficWeights>;
+  readonly smallFraction?: number;
+  readonly mtuFraction?: number;
+}
+
+/** The mix's default weights (guest, uplink, broadcast, tcp). */
+export const MIX_DEFAULT_WEIGHTS: TrafficWeights = { guest: 1, uplink: 1, broadcast: 0.1, tcp: 1 };
+const MIX_WEIGHT_KEYS = ['guest', 'uplink', 'broadcast', 'tcp'] as const;
+const MIX_FRACTION_KEYS = { small: 'smallFraction', mtu: 'mtuFraction' } as const;
+
+/**
+ * Parses `guest=W,uplink=W,broadcast=W,tcp=W,small=F,mtu=F` (any subset, any order). Once one weight is given,
+ * the kinds not named weigh 0 (`tcp=1` is TCP only); at least one weight must be positive. `small` and `mtu` are the
+ * fractions of UDP frames that are 64 B and MTU-sized (each in [0, 1], together at most 1).
+ */
+export function parseMixSettings(text: string): Result<MixSettings> {
+  const weights: Partial<Record<(typeof MIX_WEIGHT_KEYS)[number], number>> = {};
+  const fractions: { smallFraction?: number; mtuFraction?: number } = {};
+  const seen = new Set<string>();
+  for (const item of text.split(',')) {
+    const m = /^\s*([a-z]+)\s*=\s*([^\s]*)\s*$/.exec(item);
+    if (m === null) return err(`"${item}" is not key=value (keys: ${[...MIX_WEIGHT_KEYS, ...Object.keys(MIX_FRACTION_KEYS)].join(', ')})`);
+    const [, key, raw] = m as unknown as [string, string, string];
+    if (seen.has(key)) return err(`${key} is given twice`);
+    seen.add(key);
+    const v = raw === '' ? NaN : Number(raw);
+    if ((MIX_WEIGHT_KEYS as readonly string[]).includes(key)) {
+      if (!Number.isFinite(v) || v < 0) return err(`${key} must be a weight >= 0 but got "${raw}"`);
+      weights[key as (typeof MIX_WEIGHT_KEYS)[number]] = v;
+    } else if (key in MIX_FRACTION_KEYS) {
+      if (!(v >= 0 && v <= 1)) return err(`${key} must be a fraction in [0, 1] but got "${raw}"`);
+      fractions[MIX_FRACTION_KEYS[key as keyof typeof MIX_FRACTION_KEYS]] = v;
+    } else {
+      return err(`unknown key "${key}" (keys: ${[...MIX_WEIGHT_KEYS, ...Object.keys(MIX_FRACTION_KEYS)].join(', ')})`);
+    }
+  }
+  const named = Object.keys(weights).length > 0;
+  if (named && !MIX_WEIGHT_KEYS.some((k) => (weights[k] ?? 0) > 0)) return err('at least one weight must be positive');
+  const small = fractions.smallFraction ?? 0.4;
+  const mtu = fractions.mtuFraction ?? 0.4;
+  if (small + mtu > 1) return err(`small + mtu must be at most 1 but got ${small + mtu}`);
+  const all = named ? Object.fromEntries(MIX_WEIGHT_KEYS.map((k) => [k, weights[k] ?? 0])) : undefined;
+  return ok({ ...(all !== undefined && { weights: all }), ...fractions });
+}
+
+/** The canonical text of mix settings (parseMixSettings reads it back to the same settings); '' for none. */
+export function formatMixSettings(s: MixSettings): string {
+  const parts: string[] = [];
+  if (s.weights !== undefined) for (const k of MIX_WEIGHT_KEYS) parts.push(`${k}=${s.weights[k] ?? 0}`);
+  if (s.smallFraction !== undefined) parts.push(`small=${s.smallFraction}`);
+  if (s.mtuFraction !== undefined) parts.push(`mtu=${s.mtuFraction}`);
+  return parts.join(',');
+}
+
 /** Mix counters. */
 export interface TrafficMixStats {
   udpGuest: number;
@@ -981,7 +1038,7 @@ export class TrafficMix implements TxSource {
     this.self = opts.self;
     this.mtu = checkInt('mtu', opts.mtu ?? 1500, 68, 65535 - ETH_HLEN);
     this.streamBase = opts.streamBase ?? 0;
-    this.weights = { guest: 1, uplink: 1, broadcast: 0.1, tcp: 1, ...opts.weights };
+    this.weights = { ...MIX_DEFAULT_WEIGHTS, ...opts.weights };
     this.smallFraction = opts.smallFraction ?? 0.4;
     this.mtuFraction = opts.mtuFraction ?? 0.4;
     this.offsetFraction = opts.randomOffsetFraction ?? 0.25;

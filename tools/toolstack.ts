@@ -57,6 +57,7 @@ import {
   type GuestTask,
   type GuestTrafficKind,
 } from '../frontend/loop.js';
+import type { MixSettings } from '../frontend/traffic.js';
 import { EVTCHNSTAT_closed, EvtchnHost } from '../shared/evtchn.js';
 import { GTF_reading, GTF_writing, GrantEntriesV1 } from '../shared/gnttab.js';
 import { guestMac, macToString } from '../shared/ether.js';
@@ -104,6 +105,8 @@ export interface ToolstackOptions {
   /** Guest traffic (default 'mix'); 'fixed' sends UDP frames of fixedSize bytes to the remote host. */
   readonly traffic?: GuestTrafficKind;
   readonly fixedSize?: number;
+  /** What 'mix' traffic changes from the demo's mix (weights, UDP sizes); default none. */
+  readonly mix?: MixSettings;
   /** Guest threads (default: cores - 1, at least 1); guests share them. */
   readonly guestThreads?: number;
   /** Frames of each guest's memory (default 1024 = 4 MiB). */
@@ -223,6 +226,7 @@ export interface GuestBuildOptions {
   readonly mtu: number;
   readonly traffic: GuestTrafficKind;
   readonly fixedSize: number;
+  readonly mix?: MixSettings;
   readonly guestFrames: number;
   readonly grantEntries: number;
   readonly returnDeadlineMs: number;
@@ -247,6 +251,7 @@ export function guestConfig(domid: number, o: GuestBuildOptions): GuestConfig {
     endpoint: { mac: ENDPOINT.mac, ip: ENDPOINT.ip, port: ENDPOINT.port },
     traffic: o.traffic,
     fixedSize: o.fixedSize,
+    mix: o.mix ?? {},
     grantEntries: o.grantEntries,
     returnDeadlineMs: o.returnDeadlineMs,
     spin: o.spin,
@@ -614,6 +619,7 @@ export class Toolstack {
       mtu: opts.mtu,
       traffic: opts.traffic ?? 'mix',
       fixedSize: opts.fixedSize ?? 1500,
+      mix: opts.mix ?? {},
       guestFrames: opts.guestFrames ?? 1024,
       grantEntries: opts.grantEntries ?? 2048,
       returnDeadlineMs: opts.returnDeadlineMs ?? 5000,

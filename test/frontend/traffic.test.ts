@@ -3,7 +3,7 @@
 import test from 'ava';
 import { testProp, fc } from '@fast-check/ava';
 import { VirtualClock } from '../../shared/clock.js';
-import { ETH_BROADCAST, ETH_HLEN, ETH_P_ARP, ETH_P_IP, ETH_ZLEN, parseEthHeader, writeEthHeader } from '../../shared/ether.js';
+import { ETH_BROADCAST, ETH_HLEN, ETH_P_ARP, ETH_P_IP, ETH_ZLEN, parseEthHeader, readMac, writeEthHeader } from '../../shared/ether.js';
 import {
   IPPROTO_TCP,
   IPPROTO_UDP,
@@ -40,6 +40,7 @@ import { EP_IP, EP_MAC, EP_PORT, FakeNic, PEER_IP, PEER_MAC, PEER_PORT, bytesOf,
 import {
   FRAME_TCP,
   FrameVerifier,
+  MIX_DEFAULT_WEIGHTS,
   MIX_MIN_FRAME,
   PatternCache,
   RX_BAD_CHECKSUM,
@@ -55,7 +56,10 @@ import {
   TcpBulkSender,
   TrafficMix,
   TxFrame,
+  formatMixSettings,
+  parseMixSettings,
   type Flow,
+  type MixSettings,
 } from '../../frontend/traffic.js';
 
 const GUEST_MAC = 0x02_00_00_00_00_31;
@@ -510,3 +514,71 @@ test('the mix sends every kind it is given, none it is not, and the TCP SYN firs
   t.deepEqual(quiet.stats, { udpGuest: 0, udpUplink: 500 - quiet.stats.tcp, broadcast: 0, tcp: quiet.stats.tcp });
   t.is(quiet.stats.tcp, 1, 'only the SYN: no data before the SYN-ACK');
 });
+
+// ---- Mix settings (--mix) --------------------------------------------------------------------------------
+
+test('mix settings: named weights, unnamed kinds weigh 0, fractions alone keep the mode\'s weights', (t) => {
+  t.deepEqual(parseMixSettings('tcp=1'), { ok: true, value: { weights: { guest: 0, uplink: 0, broadcast: 0, tcp: 1 } } });
+  t.deepEqual(parseMixSettings(' uplink = 2 , guest=0.5,small=1,mtu=0'), {
+    ok: true,
+    value: { weights: { guest: 0.5, uplink: 2, broadcast: 0, tcp: 0 }, smallFraction: 1, mtuFraction: 0 },
+  });
+  t.deepEqual(parseMixSettings('mtu=0.6'), { ok: true, value: { mtuFraction: 0.6 } });
+  t.deepEqual(MIX_DEFAULT_WEIGHTS, { guest: 1, uplink: 1, broadcast: 0.1, tcp: 1 });
+});
+
+test('mix settings: errors are exact', (t) => {
+  const keys = 'keys: guest, uplink, broadcast, tcp, small, mtu';
+  const bad: [string, string][] = [
+    ['tcp', `"tcp" is not key=value (${keys})`],
+    ['udp=1', `unknown key "udp" (${keys})`],
+    ['tcp=1,tcp=2', 'tcp is given twice'],
+    ['tcp=-1', 'tcp must be a weight >= 0 but got "-1"'],
+    ['tcp=x', 'tcp must be a weight >= 0 but got "x"'],
+    ['tcp=', 'tcp must be a weight >= 0 but got ""'],
+    ['tcp=Infinity', 'tcp must be a weight >= 0 but got "Infinity"'],
+    ['guest=0,tcp=0', 'at least one weight must be positive'],
+    ['small=1.5', 'small must be a fraction in [0, 1] but got "1.5"'],
+    ['small=0.7,mtu=0.7', 'small + mtu must be at most 1 but got 1.4'],
+    ['small=0.7', 'small + mtu must be at most 1 but got 1.1'],
+  ];
+  for (const [text, msg] of bad) t.deepEqual(parseMixSettings(text), { ok: false, error: msg }, text);
+});
+
+const mixSettingsArb: fc.Arbitrary<MixSettings> = fc
+  .record(
+    {
+      weights: fc.record({ guest: fc.double({ min: 0, max: 100, noNaN: true }), uplink: fc.double({ min: 0, max: 100, noNaN: true }), broadcast: fc.double({ min: 0, max: 100, noNaN: true }), tcp: fc.double({ min: 1e-3, max: 100, noNaN: true }) }),
+      smallFraction: fc.double({ min: 0, max: 0.5, noNaN: true }),
+      mtuFraction: fc.double({ min: 0, max: 0.5, noNaN: true }),
+    },
+    { requiredKeys: [] },
+  )
+  .map((s) => s as MixSettings);
+
+testProp('mix settings: the canonical text reads back to the same settings', [mixSettingsArb], (t, s) => {
+  const text = formatMixSettings(s);
+  if (s.weights === undefined && s.smallFraction === undefined && s.mtuFraction === undefined) {
+    t.is(text, '');
+    return;
+  }
+  const back = parseMixSettings(text);
+  t.true(back.ok, text);
+  if (back.ok) t.deepEqual(back.value, JSON.parse(JSON.stringify(s)) as MixSettings, text);
+});
+
+test('the mix honours settings: uplink only, all 64 B; by destination and size as each frame is written', (t) => {
+  const s = parseMixSettings('uplink=1,small=1,mtu=0');
+  if (!s.ok) return t.fail(s.error);
+  const m = mix(3, { ...s.value, tcpEndpoint: null });
+  m.start();
+  for (let i = 0; i < 300; i++) {
+    const f = m.next(0)!;
+    const b = new Uint8Array(f.len);
+    f.writeTo(b, 0);
+    t.is(readMac(b, 0), PEER_MAC);
+    t.is(f.len, MIX_MIN_FRAME);
+  }
+  t.deepEqual(m.stats, { udpGuest: 0, udpUplink: 300, broadcast: 0, tcp: 0 });
+});
+

@@ -16,7 +16,7 @@ import type { XsConnection } from '../../shared/xenstore.js';
 import { GUEST_RX_BUDGET, GUEST_TX_BUDGET, MixSource, type GuestSource } from '../../frontend/loop.js';
 import { Netfront, type NetbackFeatures, type TxPacket } from '../../frontend/netfront.js';
 import { NetfrontXenbus } from '../../frontend/netfront-xenbus.js';
-import { TrafficMix, TxFrame, type Flow, type TrafficHost } from '../../frontend/traffic.js';
+import { TrafficMix, TxFrame, type Flow, type MixSettings, type TrafficHost } from '../../frontend/traffic.js';
 import type { LogValue } from './eventlog.js';
 import type { DomainClock, SimActor } from './scheduler.js';
 import { StateLoggingClient } from './xenbus-log.js';
@@ -150,6 +150,8 @@ export interface SimGuestOptions {
   readonly mtu: number;
   /** Mix frames per second while transmitting. */
   readonly rate: number;
+  /** What the mix changes from the simulator's (weights, UDP sizes); default none. */
+  readonly mix?: MixSettings;
   /** Guest memory frames and grant entries. */
   readonly frames: number;
   readonly grantEntries: number;
@@ -240,6 +242,7 @@ export class SimGuest implements SimActor {
         streamBase: 0,
         // Half the demo's share of TCP bulk (its ~64 KiB GSO frames cost most of the wall time per virtual second).
         weights: { tcp: SIM_TCP_WEIGHT },
+        ...opts.mix,
       }),
     );
     // Queued frames use pattern stream 0 too (receivers check each datagram against its own tag).

@@ -5,6 +5,7 @@
 // the audit and every count come out byte-identical on every run of the same arguments.
 
 import { ADVERSARY_CASES, runAdversaryCatalogue, type AdversaryCase, type AdversarySummary } from '../../frontend/adversary.js';
+import { formatMixSettings, type MixSettings } from '../../frontend/traffic.js';
 import { simAudit, simAuditClean, type SimAudit } from './audit.js';
 import { EventLog } from './eventlog.js';
 import { FAULT_TYPES, formatFaultEvent, makeFaultSchedule, type FaultEvent, type FaultType } from './faults.js';
@@ -30,6 +31,8 @@ export interface SimOptions {
   readonly onLogLine?: (line: string) => void;
   /** Mix frames per second per guest (default simDefaultRate(guests)). */
   readonly rate?: number;
+  /** What the guests' mix changes (weights, UDP sizes; frontend/traffic.ts parseMixSettings); default none. */
+  readonly mix?: MixSettings;
   /** netback's RX drain timeout, ms (default 10000, Linux's). */
   readonly rxDrainTimeoutMs?: number;
 }
@@ -92,7 +95,7 @@ export async function runSim(o: SimOptions): Promise<SimReport> {
   const kills = schedule.filter((e) => e.type === 'guest-kill').length;
   const cases = o.adversary === true ? (o.adversaryCases ?? ADVERSARY_CASES) : [];
   const design = o.design ?? 'rusty';
-  log.add(0, 'sim', 'start', [['seed', o.seed], ['seconds', o.seconds], ['guests', o.guests], ['design', design], ['rate', rate], ['adversary', cases.length]]);
+  log.add(0, 'sim', 'start', [['seed', o.seed], ['seconds', o.seconds], ['guests', o.guests], ['design', design], ['rate', rate], ...(o.mix === undefined ? [] : [['mix', formatMixSettings(o.mix)] as const]), ['adversary', cases.length]]);
   for (const e of schedule) {
     const [at, type, ...params] = formatFaultEvent(e).split(' ');
     log.add(0, 'schedule', type!, [['at', at!], ...params.map((p) => p.split('=') as [string, string])]);
@@ -102,6 +105,7 @@ export async function runSim(o: SimOptions): Promise<SimReport> {
     guests: o.guests,
     design,
     rate,
+    ...(o.mix !== undefined && { mix: o.mix }),
     log,
     // Replacements after kills, a margin for crashes (each one reboots a domain), and one domain per adversary case.
     extraDomains: kills + 32 + (cases.length > 0 ? Math.max(ADVERSARY_DOMAINS, cases.length) + 4 : 0),

@@ -23,6 +23,7 @@
 // step instead of over a MessagePort.
 
 import { ADVERSARY_CASES, honestExchange, honestHealthOf, vifStatusOf, type AdversaryHost, type DeviceStatus, type HonestHealth, type HostAudit, type HostGuest, type VifStatus } from '../../frontend/adversary.js';
+import type { MixSettings } from '../../frontend/traffic.js';
 import { GTF_reading, GTF_writing, GrantTable } from '../../shared/gnttab.js';
 import type { GrantReturnMessage } from '../../shared/grant-return.js';
 import type { BackendConfig } from '../../backend/loop.js';
@@ -94,6 +95,8 @@ export interface WorldOptions {
   readonly design?: string;
   /** Mix frames per second per guest while transmitting (default simDefaultRate(guests)). */
   readonly rate?: number;
+  /** What the guests' mix changes (weights, UDP sizes); default none. */
+  readonly mix?: MixSettings;
   readonly mtu?: number;
   /** The tap's hold window outside tap-hold faults, ms (default 20). */
   readonly tapHoldMs?: number;
@@ -304,6 +307,7 @@ export class SimWorld implements AdversaryHost {
       endpoint: ENDPOINT,
       mtu: this.config.mtu,
       rate: this.opts.rate ?? simDefaultRate(this.nGuests),
+      ...(this.opts.mix !== undefined && { mix: this.opts.mix }),
       frames: SIM_GUEST_FRAMES,
       grantEntries: SIM_GRANT_ENTRIES,
       log: this.logFn,
