@@ -1,5 +1,6 @@
 // Command-line flags shared by the tools (start, fuzz, bench, lab): `--flag value` and `--flag=value`, typed value
 // parsers with the exact messages the tools print, and the usage-error/--help handling of their main().
+import { parseMixSettings, type MixSettings } from '../frontend/traffic.js';
 import { err, ok, type Result } from '../shared/result.js';
 
 /** Exit codes every tool shares: done, and bad command line (1 is each tool's own failure). */
@@ -94,6 +95,26 @@ export function integerFlag(min: number, max: number, message?: string): Flag<nu
 
 /** The seed every tool takes: an integer in [0, 2^32 - 1] (seeds sfc32 in shared/random.ts). */
 export const seedFlag: Flag<number> = integerFlag(0, 0xffffffff);
+
+/** --mix of the tools that run guest traffic: frontend/traffic.ts parseMixSettings. */
+export const mixFlag: Flag<MixSettings> = {
+  takesValue: true,
+  read: (flag, value) => {
+    if (value === null || value === '') return err(`${flag} needs a value such as tcp=1,uplink=1`);
+    const m = parseMixSettings(value);
+    return m.ok ? m : err(`${flag}: ${m.error}`);
+  },
+};
+
+/** The --mix lines of a tool's --help: descriptions start at column `col`; `defaults` is the tool's own mix. */
+export function mixUsage(col: number, defaults: string): string[] {
+  const pad = ' '.repeat(col);
+  return [
+    `${'  --mix TEXT'.padEnd(col)}the guests' traffic: guest=W,uplink=W,broadcast=W,tcp=W (relative weights,`,
+    `${pad}kinds not named weigh 0) and small=F,mtu=F (fractions of UDP frames that are 64 B and MTU-sized);`,
+    `${pad}default ${defaults}`,
+  ];
+}
 
 /** Digits with an optional fraction: `5`, `5.`, `.5`, `5.25` (no sign, no exponent). */
 export const DECIMAL = /^(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)$/;

@@ -1,10 +1,11 @@
-// `npm start -- [--guests N] [--seconds S] [--mtu M] [--loss P] [--tap] [--pcap FILE] [--seed S] [--json]`: boots
+// `npm start -- [--guests N] [--seconds S] [--mtu M] [--loss P] [--mix TEXT] [--tap] [--pcap FILE] [--seed S] [--json]`: boots
 // the system (tools/toolstack.ts), runs mixed traffic, prints one progress line a second (stderr: rewritten in
 // place on a TTY, plain lines otherwise), shuts down in order and prints the audit on stdout; with --json the last
 // stdout line is one JSON object. Exit status: 0 clean, 1 audit failure, 2 usage error.
 import { pathToFileURL } from 'node:url';
 import { ok, type Result } from '../shared/result.js';
-import { commandLine, EXIT_OK, EXIT_USAGE, integerFlag, numberFlag, parseFlags, seedFlag, stringFlag, switchFlag } from './cli-args.js';
+import type { MixSettings } from '../frontend/traffic.js';
+import { commandLine, EXIT_OK, EXIT_USAGE, integerFlag, mixFlag, mixUsage, numberFlag, parseFlags, seedFlag, stringFlag, switchFlag } from './cli-args.js';
 import type { SystemProgress, SystemReport, ToolstackOptions } from './toolstack.js';
 
 /** Exit codes: clean (EXIT_OK), audit failure, bad command line (EXIT_USAGE). */
@@ -24,6 +25,8 @@ export interface StartArgs {
   readonly seconds: number;
   readonly mtu: number;
   readonly loss: number;
+  /** What the guests' mix changes (--mix), or null for the demo's. */
+  readonly mix: MixSettings | null;
   readonly tap: boolean;
   readonly pcap: string | null;
   readonly seed: number;
@@ -33,7 +36,7 @@ export interface StartArgs {
 
 /** The --help text. */
 export const USAGE = [
-  'usage: npm start -- [--guests N] [--seconds S] [--mtu M] [--loss P] [--tap] [--pcap FILE] [--seed S] [--json]',
+  'usage: npm start -- [--guests N] [--seconds S] [--mtu M] [--loss P] [--mix TEXT] [--tap] [--pcap FILE] [--seed S] [--json]',
   '',
   'Boots a backend domain (netback, bridge, uplink NIC, local TCP endpoint) and N guests (netfront), runs mixed',
   'traffic (guest->uplink, guest->guest, broadcast, TCP bulk through the local endpoint), then shuts down in order',
@@ -43,6 +46,7 @@ export const USAGE = [
   `  --seconds S   seconds of traffic, a number in (0, ${MAX_SECONDS}] (default 10)`,
   `  --mtu M       MTU of the vifs, the bridge and the uplink, an integer in [${MIN_MTU}, ${MAX_MTU}] (default 1500)`,
   '  --loss P      probability that the uplink loses a frame on the wire, a number in [0, 1) (default 0)',
+  ...mixUsage(16, 'guest=1,uplink=1,broadcast=0.1,tcp=1,small=0.4,mtu=0.4'),
   '  --tap         capture every bridge port\'s frames with a tap that holds each clone for a while',
   '  --pcap FILE   write what the tap saw to FILE (classic pcap; implies --tap)',
   '  --seed S      seed of every random choice, an integer in [0, 4294967295] (default 1)',
@@ -63,12 +67,13 @@ export function parseStartArgs(argv: readonly string[]): Result<StartArgs> {
       seconds: numberFlag({ min: 0, minOpen: true, max: MAX_SECONDS }),
       mtu: integerFlag(MIN_MTU, MAX_MTU),
       loss: numberFlag({ min: 0, max: 1, maxOpen: true }),
+      mix: mixFlag,
       tap: switchFlag,
       pcap: stringFlag('a file name'),
       seed: seedFlag,
       json: switchFlag,
     },
-    { guests: 4, seconds: 10, mtu: 1500, loss: 0, tap: false, pcap: null, seed: 1, json: false },
+    { guests: 4, seconds: 10, mtu: 1500, loss: 0, mix: null, tap: false, pcap: null, seed: 1, json: false },
   );
   // --pcap implies --tap.
   return parsed.ok ? ok({ ...parsed.value, tap: parsed.value.tap || parsed.value.pcap !== null }) : parsed;
@@ -217,6 +222,7 @@ export async function main(
       seconds: args.seconds,
       mtu: args.mtu,
       loss: args.loss,
+      ...(args.mix !== null && { mix: args.mix }),
       tap: args.tap,
       pcapPath: args.pcap,
       seed: args.seed,

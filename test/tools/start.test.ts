@@ -15,7 +15,7 @@ import type { SystemProgress, SystemReport, ToolstackOptions } from '../../tools
 test('defaults: 4 guests for 10 s, MTU 1500, no loss, no tap, seed 1', (t) => {
   t.deepEqual(parseStartArgs([]), {
     ok: true,
-    value: { guests: 4, seconds: 10, mtu: 1500, loss: 0, tap: false, pcap: null, seed: 1, json: false, help: false },
+    value: { guests: 4, seconds: 10, mtu: 1500, loss: 0, mix: null, tap: false, pcap: null, seed: 1, json: false, help: false },
   });
 });
 
@@ -23,11 +23,11 @@ test('every flag, with a space or an equals sign; --pcap implies --tap', (t) => 
   const r = parseStartArgs(['--guests', '16', '--seconds=2.5', '--mtu', '9000', '--loss=0.05', '--pcap', 'out.pcap', '--seed=4294967295', '--json']);
   t.deepEqual(r, {
     ok: true,
-    value: { guests: 16, seconds: 2.5, mtu: 9000, loss: 0.05, tap: true, pcap: 'out.pcap', seed: 4294967295, json: true, help: false },
+    value: { guests: 16, seconds: 2.5, mtu: 9000, loss: 0.05, mix: null, tap: true, pcap: 'out.pcap', seed: 4294967295, json: true, help: false },
   });
   t.deepEqual(parseStartArgs(['--tap', '-h']), {
     ok: true,
-    value: { guests: 4, seconds: 10, mtu: 1500, loss: 0, tap: true, pcap: null, seed: 1, json: false, help: true },
+    value: { guests: 4, seconds: 10, mtu: 1500, loss: 0, mix: null, tap: true, pcap: null, seed: 1, json: false, help: true },
   });
 });
 
@@ -52,6 +52,7 @@ const bad: [string[], string][] = [
   [['--seed', '-3'], '--seed must be an integer in [0, 4294967295] but got "-3"'],
   [['--json=yes'], '--json takes no value'],
   [['--tap=1'], '--tap takes no value'],
+  [['--mix', 'tcp=1,udp=2'], '--mix: unknown key "udp" (keys: guest, uplink, broadcast, tcp, small, mtu)'],
   [['--guest', '2'], 'unknown option: --guest'],
   [['4'], 'unknown option: 4'],
 ];
@@ -62,7 +63,7 @@ for (const [argv, message] of bad) {
 }
 
 test('--help lists every flag', (t) => {
-  for (const flag of ['--guests', '--seconds', '--mtu', '--loss', '--tap', '--pcap', '--seed', '--json', '--help']) {
+  for (const flag of ['--guests', '--seconds', '--mtu', '--loss', '--mix', '--tap', '--pcap', '--seed', '--json', '--help']) {
     t.true(USAGE.includes(`  ${flag}`), flag);
   }
 });
@@ -160,6 +161,9 @@ test('main: flags reach the toolstack; progress goes to the progress sink; with 
   const seen: ToolstackOptions[] = [];
   t.is(await main(['--guests', '3', '--seconds', '2', '--pcap', 'x.pcap', '--seed', '9', '--json'], o, fakeBoot(report(), seen)), EXIT_OK);
   t.deepEqual(seen, [{ guests: 3, seconds: 2, mtu: 1500, loss: 0, tap: true, pcapPath: 'x.pcap', seed: 9 }]);
+  const mixed: ToolstackOptions[] = [];
+  t.is(await main(['--mix', 'uplink=1,small=1,mtu=0'], io(), fakeBoot(report(), mixed)), EXIT_OK);
+  t.deepEqual(mixed[0]!.mix, { weights: { guest: 0, uplink: 1, broadcast: 0, tcp: 0 }, smallFraction: 1, mtuFraction: 0 });
   t.is(o.lines.length, 1);
   t.true(o.lines[0]!.includes('1.2k pkt/s') && o.lines[0]!.includes('outstanding 7') && o.lines[0]!.includes('d1 '));
   const last = JSON.parse(o.outs[o.outs.length - 1]!);

@@ -80,6 +80,8 @@ test('usage errors are exact', (t) => {
     [['--seconds', '1', '--guests', '2', '--schedule', '10 revoke-mapped g=3 n=1'], '--schedule: revoke-mapped at 10 ms names guest slot 3 but there are 2 guests'],
     [['--seconds', '1', '--schedule', '5000 nic-stall dur=10'], "--schedule: nic-stall at 5000 ms is after the run's 1 s"],
     [['--seconds', '1', '--cases'], "--cases needs adversary case names separated by ','"],
+    [['--seconds', '1', '--mix'], '--mix needs a value such as tcp=1,uplink=1'],
+    [['--seconds', '1', '--mix', 'tcp=0'], '--mix: at least one weight must be positive'],
     [['--seconds', '1', '--cases', 'event-flood,meteor'], `--cases: unknown adversary case "meteor"; the cases are: ${ADVERSARY_CASES.map((c) => c.name).join(', ')}`],
     [['--seconds', '1', '--cases', 'event-flood', '--no-adversary'], '--cases and --no-adversary exclude each other'],
   ];
@@ -93,7 +95,7 @@ test('defaults and both --flag value and --flag=value forms', (t) => {
   const r = parseStressArgs(['--seconds=2.5', '--guests', '8', '--seed=9', '--sim', '--json', '--design', 'naive', '--no-adversary']);
   t.true(r.ok);
   if (!r.ok) return;
-  t.deepEqual({ ...r.value }, { seconds: 2.5, guests: 8, seed: 9, sim: true, json: true, design: 'naive', schedule: null, adversary: false, cases: null, help: false });
+  t.deepEqual({ ...r.value }, { seconds: 2.5, guests: 8, seed: 9, sim: true, json: true, design: 'naive', schedule: null, adversary: false, cases: null, mix: null, help: false });
   const d = parseStressArgs(['--seconds', '1']);
   t.true(d.ok && d.value.guests === 4 && d.value.seed === 1 && d.value.design === 'rusty' && !d.value.sim && d.value.adversary);
   const s = parseStressArgs(['--seconds', '1', '--schedule', '10 loss dur=5 p=0.5; 2 nic-stall dur=1']);
@@ -135,19 +137,29 @@ test('a run fails on any audit figure, a fault not injected, an unhandled case, 
 
 test('the replay command reruns the same schedule in the simulator', (t) => {
   const sched = oneOfEach.slice(0, 2);
-  const cmd = replayCommand({ seed: 5, seconds: 2, guests: 3, design: 'rusty', adversary: true, cases: null }, sched);
+  const cmd = replayCommand({ seed: 5, seconds: 2, guests: 3, design: 'rusty', mix: null, adversary: true, cases: null }, sched);
   t.is(cmd, "npm run stress -- --sim --seed 5 --seconds 2 --guests 3 --schedule '100 loss dur=10 p=0.1; 200 nic-stall dur=10'");
   const m = /--schedule '(.*)'$/.exec(cmd)!;
   const back = parseStressArgs(['--sim', '--seed', '5', '--seconds', '2', '--guests', '3', '--schedule', m[1]!]);
   t.deepEqual(back.ok ? back.value.schedule : null, sched);
   // The run's choice of adversary cases is part of the execution: the replay keeps it.
   t.is(
-    replayCommand({ seed: 5, seconds: 2, guests: 3, design: 'naive', adversary: true, cases: ['req-prod-overrun', 'event-flood'] }, []),
+    replayCommand({ seed: 5, seconds: 2, guests: 3, design: 'naive', mix: null, adversary: true, cases: ['req-prod-overrun', 'event-flood'] }, []),
     "npm run stress -- --sim --seed 5 --seconds 2 --guests 3 --design naive --cases req-prod-overrun,event-flood --schedule ''",
   );
-  t.is(replayCommand({ seed: 5, seconds: 2, guests: 3, design: 'rusty', adversary: false, cases: null }, []), "npm run stress -- --sim --seed 5 --seconds 2 --guests 3 --no-adversary --schedule ''");
-  t.is(casesAloneCommand({ mode: 'threads', seed: 8, design: 'rusty', failedCases: ['event-flood', 'mcast-over-64'] }), 'npm run stress -- --seed 8 --seconds 1 --cases event-flood,mcast-over-64');
-  t.is(casesAloneCommand({ mode: 'sim', seed: 8, design: 'ubuf', failedCases: ['event-flood'] }), 'npm run stress -- --sim --seed 8 --seconds 1 --design ubuf --cases event-flood');
+  t.is(replayCommand({ seed: 5, seconds: 2, guests: 3, design: 'rusty', mix: null, adversary: false, cases: null }, []), "npm run stress -- --sim --seed 5 --seconds 2 --guests 3 --no-adversary --schedule ''");
+  // The mix is part of the run: both commands carry its canonical text, which parses back to the same settings.
+  const mixed = parseStressArgs(['--seconds', '2', '--mix', 'tcp=2,small=0.5']);
+  if (!mixed.ok) return t.fail(mixed.error);
+  const rc = replayCommand(mixed.value, []);
+  t.is(rc, "npm run stress -- --sim --seed 1 --seconds 2 --guests 4 --mix guest=0,uplink=0,broadcast=0,tcp=2,small=0.5 --schedule ''");
+  const again = parseStressArgs(['--seconds', '2', '--mix', /--mix (\S+)/.exec(rc)![1]!]);
+  t.deepEqual(again.ok ? again.value.mix : null, mixed.value.mix);
+  t.is(casesAloneCommand({ mode: 'threads', seed: 8, failedCases: ['event-flood', 'mcast-over-64'] }, { design: 'rusty', mix: null }), 'npm run stress -- --seed 8 --seconds 1 --cases event-flood,mcast-over-64');
+  t.is(
+    casesAloneCommand({ mode: 'sim', seed: 8, failedCases: ['event-flood'] }, { design: 'ubuf', mix: mixed.value.mix }),
+    'npm run stress -- --sim --seed 8 --seconds 1 --design ubuf --mix guest=0,uplink=0,broadcast=0,tcp=2,small=0.5 --cases event-flood',
+  );
 });
 
 function io(): { out: string[]; err: string[]; io: { out(l: string): void; err(l: string): void } } {
@@ -222,3 +234,23 @@ test('regression (thread mode): --cases plays state-flap-in-flight, mapped-page-
   t.deepEqual(last.adversary, { cases: 3, handled: 3, backendCrashes: 0 });
   for (const name of cases.split(',')) t.regex(r.err, new RegExp(`adversary +\\d/3 +handled +${name}`));
 });
+
+// The mix reaches every guest in both modes: 64 B UDP to the uplink only (and the TCP handshake, which is smaller),
+// where the default mix averages hundreds of bytes a frame.
+for (const sim of [false, true]) {
+  test(`--mix reaches the guests (${sim ? 'sim' : 'thread'} mode): uplink=1,small=1,mtu=0 averages at most 64 bytes a frame`, async (t) => {
+    t.timeout(60_000);
+    const entry = fileURLToPath(new URL('../../tools/stress.js', import.meta.url));
+    const argv = [entry, '--seconds', '1', '--guests', '2', '--no-adversary', '--json', '--mix', 'uplink=1,small=1,mtu=0', '--schedule', '200 loss dur=50 p=0.1'];
+    if (sim) argv.push('--sim');
+    const r = await new Promise<{ code: number; out: string; err: string }>((resolve) => {
+      execFile(process.execPath, argv, (e, out, err) => resolve({ code: e === null ? 0 : ((e as { code?: number }).code ?? 1), out, err }));
+    });
+    t.is(r.code, 0, r.out + r.err);
+    const last = JSON.parse(r.out.trim().split('\n').at(-1)!);
+    t.true(last.packets > 100, `${last.packets} packets`);
+    t.true(last.bytes / last.packets <= 64, `${last.bytes} bytes in ${last.packets} packets`);
+    t.regex(r.out, /mix guest=0,uplink=1,broadcast=0,tcp=0,small=1,mtu=0: /);
+  });
+}
+

@@ -6,8 +6,9 @@
 // prints its seed, its schedule and the command that replays it with --sim (and the failed adversary cases alone).
 import { designByName } from '../../backend/release.js';
 import { ADVERSARY_CASES } from '../../frontend/adversary.js';
+import { formatMixSettings, type MixSettings } from '../../frontend/traffic.js';
 import { err, ok, type Result } from '../../shared/result.js';
-import { integerFlag, numberFlag, parseFlags, seedFlag, stringFlag, switchFlag, type Flag } from '../cli-args.js';
+import { integerFlag, mixFlag, mixUsage, numberFlag, parseFlags, seedFlag, stringFlag, switchFlag, type Flag } from '../cli-args.js';
 import { FAULT_TYPES, SIM_MAX_GUESTS, faultGuest, formatFaultSchedule, makeFaultSchedule, parseFaultSchedule, type FaultEvent, type FaultType } from '../sim/index.js';
 import type { AdversaryFigures, StressAudit, StressProgress, StressReport, ThreadRunOptions } from './threads.js';
 
@@ -33,13 +34,15 @@ export interface StressArgs {
   readonly adversary: boolean;
   /** The adversary cases to play, by name, in catalogue order; null: all of them. */
   readonly cases: readonly string[] | null;
+  /** What the guests' mix changes (--mix), or null for the mode's own mix. */
+  readonly mix: MixSettings | null;
   readonly help: boolean;
 }
 
 /** The --help text. */
 export const USAGE = [
-  'usage: npm run stress -- --seconds N [--guests G] [--seed S] [--sim] [--json] [--design D] [--schedule TEXT]',
-  '                          [--cases NAMES | --no-adversary]',
+  'usage: npm run stress -- --seconds N [--guests G] [--seed S] [--sim] [--json] [--design D] [--mix TEXT]',
+  '                          [--schedule TEXT] [--cases NAMES | --no-adversary]',
   '',
   'Runs G guests with mixed traffic for N seconds under a seeded fault schedule (wire loss, NIC stalls, long tap',
   'holds, slow and stalled receivers, a guest killed mid-traffic, the backend killed and restarted with every',
@@ -54,6 +57,7 @@ export const USAGE = [
   '  --json           make the last stdout line a JSON object: {mode, seed, seconds, guests, design, packets, bytes,',
   '                   audit, faults, adversary}',
   '  --design D       release design of the backend (default rusty)',
+  ...mixUsage(19, 'guest=1,uplink=1,broadcast=0.1,tcp=1,small=0.4,mtu=0.4 (tcp=0.5 with --sim)'),
   "  --schedule TEXT  replay this fault schedule instead of the seed's (events separated by ';', as a failure prints)",
   '  --cases NAMES    play only these adversary cases (comma-separated names, as the report prints them)',
   '  --no-adversary   do not play the adversary catalogue',
@@ -98,17 +102,18 @@ export function parseStressArgs(argv: readonly string[]): Result<StressArgs> {
       schedule: stringFlag('a value'),
       sim: switchFlag,
       json: switchFlag,
+      mix: mixFlag,
       cases: casesFlag,
       'no-adversary': switchFlag,
     },
-    { seconds: null, guests: 4, seed: 1, design: 'rusty', schedule: null, sim: false, json: false, cases: null, 'no-adversary': false },
+    { seconds: null, guests: 4, seed: 1, design: 'rusty', schedule: null, sim: false, json: false, mix: null, cases: null, 'no-adversary': false },
   );
   if (!parsed.ok) return parsed;
   const { seconds, guests, seed, design, sim, json, help } = parsed.value;
   const scheduleText = parsed.value.schedule;
   const adversary = !parsed.value['no-adversary'];
-  const cases = parsed.value.cases;
-  if (help) return ok({ seconds: seconds ?? 0, guests, seed, sim, json, design, schedule: null, adversary, cases, help });
+  const { cases, mix } = parsed.value;
+  if (help) return ok({ seconds: seconds ?? 0, guests, seed, sim, json, design, schedule: null, adversary, cases, mix, help });
   if (seconds === null) return err('--seconds is required');
   if (cases !== null && !adversary) return err('--cases and --no-adversary exclude each other');
   let schedule: FaultEvent[] | null = null;
@@ -122,7 +127,7 @@ export function parseStressArgs(argv: readonly string[]): Result<StressArgs> {
     }
     schedule = s.value;
   }
-  return ok({ seconds, guests, seed, sim, json, design, schedule, adversary, cases, help });
+  return ok({ seconds, guests, seed, sim, json, design, schedule, adversary, cases, mix, help });
 }
 
 /** What either mode reports (the simulator's report has the same figures). */
@@ -207,29 +212,35 @@ export function stressFailures(o: StressOutcome, schedule: readonly FaultEvent[]
   return out;
 }
 
-/** The command that replays a run's schedule (and its choice of adversary cases) in the simulator. */
-export function replayCommand(o: Pick<StressArgs, 'seed' | 'seconds' | 'guests' | 'design' | 'adversary' | 'cases'>, schedule: readonly FaultEvent[]): string {
-  const sched = formatFaultSchedule(schedule).split('\n').join('; ');
+// The flags that make up a run besides seed, seconds and guests: design, mix.
+function runFlags(o: Pick<StressArgs, 'design' | 'mix'>): string {
   const design = o.design === 'rusty' ? '' : ` --design ${o.design}`;
+  const mix = o.mix === null ? '' : ` --mix ${formatMixSettings(o.mix)}`;
+  return design + mix;
+}
+
+/** The command that replays a run's schedule (and its choice of adversary cases) in the simulator. */
+export function replayCommand(o: Pick<StressArgs, 'seed' | 'seconds' | 'guests' | 'design' | 'mix' | 'adversary' | 'cases'>, schedule: readonly FaultEvent[]): string {
+  const sched = formatFaultSchedule(schedule).split('\n').join('; ');
   const cases = !o.adversary ? ' --no-adversary' : o.cases === null ? '' : ` --cases ${o.cases.join(',')}`;
-  return `npm run stress -- --sim --seed ${o.seed} --seconds ${o.seconds} --guests ${o.guests}${design}${cases} --schedule '${sched}'`;
+  return `npm run stress -- --sim --seed ${o.seed} --seconds ${o.seconds} --guests ${o.guests}${runFlags(o)}${cases} --schedule '${sched}'`;
 }
 
 /** Seconds of traffic before the cases in the command that plays failed adversary cases alone. */
 export const CASES_ALONE_SECONDS = 1;
 
 /** The command that plays only the failed adversary cases, in the mode they failed in, after a short run. */
-export function casesAloneCommand(o: Pick<StressOutcome, 'mode' | 'seed' | 'design' | 'failedCases'>): string {
+export function casesAloneCommand(o: Pick<StressOutcome, 'mode' | 'seed' | 'failedCases'>, args: Pick<StressArgs, 'design' | 'mix'>): string {
   const sim = o.mode === 'sim' ? ' --sim' : '';
-  const design = o.design === 'rusty' ? '' : ` --design ${o.design}`;
-  return `npm run stress --${sim} --seed ${o.seed} --seconds ${CASES_ALONE_SECONDS}${design} --cases ${o.failedCases.join(',')}`;
+  return `npm run stress --${sim} --seed ${o.seed} --seconds ${CASES_ALONE_SECONDS}${runFlags(args)} --cases ${o.failedCases.join(',')}`;
 }
 
 /** The human summary (stdout). */
 export function formatStressSummary(o: StressOutcome, args: StressArgs, schedule: readonly FaultEvent[]): string[] {
   const a = o.audit;
   const lines = [
-    `stress (${o.mode}): ${o.guests} guests, ${o.seconds} s, seed ${o.seed}, design ${o.design}: ${o.packets} packets, ${o.bytes} bytes`,
+    `stress (${o.mode}): ${o.guests} guests, ${o.seconds} s, seed ${o.seed}, design ${o.design}` +
+      `${args.mix === null ? '' : `, mix ${formatMixSettings(args.mix)}`}: ${o.packets} packets, ${o.bytes} bytes`,
     `faults: ${FAULT_TYPES.map((t) => `${t} ${o.faults[t] ?? 0}`).join(', ')}`,
     `adversary: ${o.adversary.cases} cases, ${o.adversary.handled} handled, ${o.adversary.backendCrashes} backend crashes`,
   ];
@@ -249,7 +260,7 @@ export function formatStressSummary(o: StressOutcome, args: StressArgs, schedule
   lines.push('schedule:');
   for (const l of formatFaultSchedule(schedule).split('\n')) if (l !== '') lines.push(`  ${l}`);
   lines.push(`replay: ${replayCommand(args, schedule)}`);
-  if (o.failedCases.length > 0) lines.push(`failed cases alone: ${casesAloneCommand(o)}`);
+  if (o.failedCases.length > 0) lines.push(`failed cases alone: ${casesAloneCommand(o, args)}`);
   return lines;
 }
 
@@ -314,6 +325,7 @@ export async function threadMode(args: StressArgs, schedule: FaultEvent[], io: S
     design: args.design,
     adversary: args.adversary,
     ...(args.cases !== null && { adversaryCases: args.cases }),
+    ...(args.mix !== null && { mix: args.mix }),
     onProgress: (p) => io.err(formatStressProgress(p)),
     onFault: (l) => io.err(l),
     onCase: (l) => io.err(l),

@@ -13,6 +13,7 @@ export async function simMode(args: StressArgs, schedule: FaultEvent[], io: Stre
     schedule,
     design: args.design,
     adversary: args.adversary,
+    ...(args.mix !== null && { mix: args.mix }),
     ...(args.cases !== null && { adversaryCases: ADVERSARY_CASES.filter((c) => args.cases!.includes(c.name)) }),
     onProgress: (p) => io.err(`${p.virtualSeconds.toFixed(0).padStart(4)} s (virtual)  ${p.packets} packets  outstanding ${p.outstanding}`),
   });

@@ -6,6 +6,7 @@
 // the system shuts down in order and the audit adds up every guest (the dead ones too) and every backend incarnation.
 import { FAULT_TYPES, countFaults, formatFaultEvent, type FaultEvent, type FaultType } from '../sim/index.js';
 import { ADVERSARY_CASES } from '../../frontend/adversary.js';
+import type { MixSettings } from '../../frontend/traffic.js';
 import { PHASE_STOP, RX_NORMAL, RX_SLOW, RX_STALLED, sOutstanding, sRevokeEnded, sRevokeRefused, sTxPackets } from '../../frontend/loop.js';
 import type * as Comlink from 'comlink';
 import type { StressBackendApi } from './backend-worker.js';
@@ -67,6 +68,8 @@ export interface ThreadRunOptions {
   readonly adversary?: boolean;
   /** The adversary cases to play, by name (default the whole catalogue). */
   readonly adversaryCases?: readonly string[];
+  /** What the guests' mix changes from the demo's (weights, UDP sizes); default none. */
+  readonly mix?: MixSettings;
   /** Called about once a second. */
   readonly onProgress?: (p: StressProgress) => void;
   /** Called as each fault is injected (its canonical text and what it did). */
@@ -137,6 +140,7 @@ export async function runThreads(o: ThreadRunOptions): Promise<StressReport> {
     tapHoldMs: STRESS_TAP_HOLD_MS,
     rxDrainTimeoutMs: STRESS_RX_DRAIN_TIMEOUT_MS,
     extraDomains: killsGuests + STRESS_EXTRA_DOMAINS,
+    ...(o.mix !== undefined && { mix: o.mix }),
     ...(o.adversary === true && { backendWorker: new URL('./backend-worker.js', import.meta.url) }),
     ...o.toolstack,
   });
