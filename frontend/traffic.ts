@@ -941,8 +941,10 @@ export interface MixSettings {
   readonly mtuFraction?: number;
 }
 
-/** The mix's default weights (guest, uplink, broadcast, tcp). */
+/** The mix's default weights (guest, uplink, broadcast, tcp) and UDP size fractions (64 B, MTU-sized). */
 export const MIX_DEFAULT_WEIGHTS: TrafficWeights = { guest: 1, uplink: 1, broadcast: 0.1, tcp: 1 };
+export const MIX_DEFAULT_SMALL = 0.4;
+export const MIX_DEFAULT_MTU = 0.4;
 const MIX_WEIGHT_KEYS = ['guest', 'uplink', 'broadcast', 'tcp'] as const;
 const MIX_FRACTION_KEYS = { small: 'smallFraction', mtu: 'mtuFraction' } as const;
 
@@ -974,9 +976,12 @@ export function parseMixSettings(text: string): Result<MixSettings> {
   }
   const named = Object.keys(weights).length > 0;
   if (named && !MIX_WEIGHT_KEYS.some((k) => (weights[k] ?? 0) > 0)) return err('at least one weight must be positive');
-  const small = fractions.smallFraction ?? 0.4;
-  const mtu = fractions.mtuFraction ?? 0.4;
-  if (small + mtu > 1) return err(`small + mtu must be at most 1 but got ${small + mtu}`);
+  const small = fractions.smallFraction ?? MIX_DEFAULT_SMALL;
+  const mtu = fractions.mtuFraction ?? MIX_DEFAULT_MTU;
+  if (small + mtu > 1) {
+    const show = (v: number, named: boolean, key: string): string => (named ? String(v) : `${v} (${key}'s default)`);
+    return err(`small + mtu must be at most 1 but got ${show(small, fractions.smallFraction !== undefined, 'small')} + ${show(mtu, fractions.mtuFraction !== undefined, 'mtu')}`);
+  }
   const all = named ? Object.fromEntries(MIX_WEIGHT_KEYS.map((k) => [k, weights[k] ?? 0])) : undefined;
   return ok({ ...(all !== undefined && { weights: all }), ...fractions });
 }
@@ -1039,8 +1044,8 @@ export class TrafficMix implements TxSource {
     this.mtu = checkInt('mtu', opts.mtu ?? 1500, 68, 65535 - ETH_HLEN);
     this.streamBase = opts.streamBase ?? 0;
     this.weights = { ...MIX_DEFAULT_WEIGHTS, ...opts.weights };
-    this.smallFraction = opts.smallFraction ?? 0.4;
-    this.mtuFraction = opts.mtuFraction ?? 0.4;
+    this.smallFraction = opts.smallFraction ?? MIX_DEFAULT_SMALL;
+    this.mtuFraction = opts.mtuFraction ?? MIX_DEFAULT_MTU;
     this.offsetFraction = opts.randomOffsetFraction ?? 0.25;
     this.csumBlankFraction = opts.csumBlankFraction ?? 0.5;
     const sport = opts.udpSport ?? 40000;

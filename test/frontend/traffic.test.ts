@@ -539,8 +539,8 @@ test('mix settings: errors are exact', (t) => {
     ['tcp=Infinity', 'tcp must be a weight >= 0 but got "Infinity"'],
     ['guest=0,tcp=0', 'at least one weight must be positive'],
     ['small=1.5', 'small must be a fraction in [0, 1] but got "1.5"'],
-    ['small=0.7,mtu=0.7', 'small + mtu must be at most 1 but got 1.4'],
-    ['small=0.7', 'small + mtu must be at most 1 but got 1.1'],
+    ['small=0.7,mtu=0.7', 'small + mtu must be at most 1 but got 0.7 + 0.7'],
+    ['small=0.8', "small + mtu must be at most 1 but got 0.8 + 0.4 (mtu's default)"],
   ];
   for (const [text, msg] of bad) t.deepEqual(parseMixSettings(text), { ok: false, error: msg }, text);
 });
