@@ -276,8 +276,6 @@ const RX_RING_FRAME = 1;
 export const ADVERSARY_WAIT_MS = 200;
 /** How long a case waits for xenstore handshakes and teardowns. */
 export const ADVERSARY_HANDSHAKE_MS = 5000;
-/** How long mapped-page-rewritten stalls the uplink: past a step on real time, within ADVERSARY_WAIT_MS. */
-const MAPPED_REWRITE_STALL_MS = 100;
 
 /**
  * A hostile netfront: the guest's own memory, grant table, event channel and xenstore connection, with the rings
@@ -638,6 +636,28 @@ export interface AdversaryCase<P = unknown> {
   play(front: HostileFront): Promise<P>;
   /** The discrepancies from Linux's answer (empty: the backend answered as Linux does). */
   check(front: HostileFront, played: P): string[];
+  /**
+   * For a case whose hostile act needs the guest's pages still mapped (a frame in flight): whether they were
+   * ('held') or the stack had already copied them ('copied': a grant-copy design, or mainline's ubuf copying at
+   * a tap's clone). The check judges each as Linux would; a copy can never hide an early return, which the
+   * oracle judges apart.
+   */
+  premise?(played: P): Premise;
+}
+
+/** Whether a case's hostile act met the guest's pages still mapped, or copies of them. */
+export type Premise = 'held' | 'copied';
+
+/** 'held' when all `n` grants were mapped, 'copied' when none was; a mix is neither (the check fails it). */
+function premiseOf(mapped: number, n: number): Premise | null {
+  return mapped === n ? 'held' : mapped === 0 ? 'copied' : null;
+}
+
+/** A premise that is neither held nor copied is a discrepancy. */
+function expectPremise(out: string[], what: string, mapped: number, n: number): Premise | null {
+  const p = premiseOf(mapped, n);
+  if (p === null) out.push(`${what}: expected all ${n} or none still mapped but got ${mapped}`);
+  return p;
 }
 
 function show(v: unknown): string {
@@ -749,6 +769,8 @@ interface PacketPlayed {
   readonly delivered: number;
   readonly corrupt: number;
   readonly extra: number;
+  /** The packet's grants still mapped when the in-flight act ran (-1 without one). */
+  readonly mappedAtAct: number;
 }
 
 interface PacketCaseSpec {
@@ -764,13 +786,19 @@ interface PacketCaseSpec {
   readonly txError?: string;
   readonly txErrorPrefix?: boolean;
   /** Frames the uplink verified because of this packet: 1 delivered intact, 0 dropped (default: 1 if OKAY). */
-  readonly delivered?: number;
-  /** Between the backend's first round and the rest (the pages are mapped and in flight). */
+  readonly delivered?: number | ((p: PacketPlayed) => number);
+  /**
+   * Between the backend's first round and the rest, with the uplink stalled so that a zero-copy backend still has
+   * the pages mapped (the case's premise: see AdversaryCase.premise).
+   */
   readonly inFlight?: (f: HostileFront, pkt: SentPacket) => void;
   /** A number the check wants, read after the run. */
   readonly extra?: (f: HostileFront) => number;
   readonly more?: (out: string[], f: HostileFront, p: PacketPlayed) => void;
 }
+
+/** How long a case that acts on frames in flight stalls the uplink: past a step on real time, within ADVERSARY_WAIT_MS. */
+const IN_FLIGHT_STALL_MS = 100;
 
 function packetCase(s: PacketCaseSpec): AdversaryCase<PacketPlayed> {
   return {
@@ -782,14 +810,18 @@ function packetCase(s: PacketCaseSpec): AdversaryCase<PacketPlayed> {
       await f.connect();
       await f.announce();
       const up0 = f.host.uplink();
+      // The frame must still be queued in the uplink NIC when the guest acts, on real time too.
+      if (s.inFlight !== undefined) f.host.stallUplink(IN_FLIGHT_STALL_MS);
       const pkt = s.send(f);
+      let mappedAtAct = -1;
       if (s.inFlight !== undefined) {
         await f.host.step();
+        mappedAtAct = f.inUseRefs().filter((r) => pkt.grefs.includes(r)).length;
         s.inFlight(f, pkt);
       }
       await f.runUntilAnswered(pkt.ids);
-      // Let what got through reach the uplink (NIC completion).
-      await f.host.run(5);
+      // Let what got through reach the uplink (NIC completion, after the stall: a copying backend answers before).
+      await f.host.run(s.inFlight !== undefined ? IN_FLIGHT_STALL_MS + 5 : 5);
       f.txResponses();
       const up1 = f.host.uplink();
       return {
@@ -798,11 +830,13 @@ function packetCase(s: PacketCaseSpec): AdversaryCase<PacketPlayed> {
         delivered: up1.udpVerified - up0.udpVerified,
         corrupt: up1.udpCorrupt - up0.udpCorrupt,
         extra: s.extra?.(f) ?? 0,
+        mappedAtAct,
       };
     },
     check(f, p) {
       const out: string[] = [];
       expectNotDisabled(out, p.vif);
+      if (s.inFlight !== undefined) expectPremise(out, 'grants of the packet when the guest acted', p.mappedAtAct, p.pkt.grefs.length);
       const dflt = s.expect === 'OKAY' ? OKAY : ERROR;
       expectStatuses(out, f, p.pkt, s.status ?? (() => dflt));
       if (s.txError !== undefined) {
@@ -813,11 +847,13 @@ function packetCase(s: PacketCaseSpec): AdversaryCase<PacketPlayed> {
           expectEq(out, 'last TX error', got, s.txError);
         }
       }
-      if (s.delivered !== -1) expectEq(out, 'frames verified on the uplink', p.delivered, s.delivered ?? (s.expect === 'OKAY' ? 1 : 0));
+      const delivered = typeof s.delivered === 'function' ? s.delivered(p) : s.delivered;
+      if (delivered !== -1) expectEq(out, 'frames verified on the uplink', p.delivered, delivered ?? (s.expect === 'OKAY' ? 1 : 0));
       expectReturned(out, f, p.pkt);
       s.more?.(out, f, p);
       return out;
     },
+    ...(s.inFlight !== undefined && { premise: (p: PacketPlayed) => premiseOf(p.mappedAtAct, p.pkt.grefs.length) ?? 'held' }),
   };
 }
 
@@ -899,7 +935,11 @@ const ringCases: AdversaryCase[] = [
     expect: 'OKAY',
     linux: 'responses echo the id netback copied (pending_tx_info), never the slot as rewritten since',
     send: (f) => f.sendPacket([{ size: 600 }, { size: 800, offset: 5 }]),
-    inFlight: (f) => rewriteTxRing(f),
+    // Responses already in the ring are read first: the guest's garbage would overwrite its own unread answers.
+    inFlight: (f) => {
+      f.txResponses();
+      rewriteTxRing(f);
+    },
   }),
 ];
 
@@ -1115,17 +1155,14 @@ const grefCases: AdversaryCase[] = [
     item: CHECKLIST.grefs,
     expect: 'OKAY',
     linux: 'a guest may scribble on its mapped page: only its own payload changes; the header was copied, so what the stack decided on stands',
-    send: (f) => {
-      // The frame must still be queued in the uplink NIC when the page is rewritten, on real time too.
-      f.host.stallUplink(MAPPED_REWRITE_STALL_MS);
-      return f.sendPacket([{ size: 1400 }]);
-    },
+    send: (f) => f.sendPacket([{ size: 1400 }]),
     inFlight: (f, pkt) => {
       const frame = f.guest.gnttab.entries.frame(pkt.grefs[0]!);
       f.guest.memory.frame(frame).fill(0x5a);
     },
-    delivered: 0,
-    more: (out, _f, p) => expectEq(out, 'corrupt payloads on the uplink (the guest\'s own)', p.corrupt, 1),
+    // A page the stack had already copied keeps the guest's scribbles out of the frame.
+    delivered: (p) => (p.mappedAtAct > 0 ? 0 : 1),
+    more: (out, _f, p) => expectEq(out, 'corrupt payloads on the uplink (the guest\'s own)', p.corrupt, p.mappedAtAct > 0 ? 1 : 0),
   }),
 ];
 
@@ -1262,9 +1299,12 @@ const withholdRxCase: AdversaryCase<WithholdPlayed> = {
     f.host.honestSendTo(f.mac, f.ip, WITHHELD_FRAMES, 1400);
     const t0 = f.host.clock.now();
     await f.host.run(ADVERSARY_WAIT_MS, () => f.vif()?.rxQueued === WITHHELD_FRAMES);
+    // Two more rounds: grants a copying stack gave back at once reach the sender (its next step) before we count.
+    await f.host.step();
+    await f.host.step();
     const pinnedOutstanding = f.host.honestHealth().outstanding - h0;
     const queuedWhilePinned = f.vif()?.rxQueued ?? -1;
-    await f.host.run(f.host.rxDrainTimeoutMs * 2, () => f.host.honestHealth().outstanding === h0);
+    await f.host.run(f.host.rxDrainTimeoutMs * 2, () => f.host.honestHealth().outstanding === h0 && f.vif()?.rxQueued === 0);
     return {
       frames: WITHHELD_FRAMES,
       pinnedOutstanding,
@@ -1278,15 +1318,25 @@ const withholdRxCase: AdversaryCase<WithholdPlayed> = {
     const out: string[] = [];
     expectNotDisabled(out, p.vif);
     expectEq(out, 'frames queued for the withholding guest', p.queuedWhilePinned, p.frames);
-    // The sender's pages stay mapped (its grants out) while the frames wait: the hazard the timeout exists for.
-    if (p.pinnedOutstanding < p.frames) out.push(`honest grants pinned while queued: expected >= ${p.frames} but got ${p.pinnedOutstanding}`);
+    // A zero-copy stack keeps the sender's pages mapped (its grants out) while the frames wait: the hazard the timeout
+    // exists for, and then nothing but the timeout may give them back. A stack that copied them has nothing pinned.
+    const pinned = withholdPremise(p);
+    if (pinned === null) out.push(`honest grants pinned while queued: expected >= ${p.frames} (or 0, copied) but got ${p.pinnedOutstanding}`);
     expectEq(out, 'honest grants still out after the drain timeout', p.outstandingAfter, 0);
-    if (p.releasedAfterMs < f.host.rxDrainTimeoutMs) out.push(`grants came back after ${p.releasedAfterMs} ms: before the ${f.host.rxDrainTimeoutMs} ms drain timeout`);
+    if (pinned === 'held' && p.releasedAfterMs < f.host.rxDrainTimeoutMs) {
+      out.push(`grants came back after ${p.releasedAfterMs} ms: before the ${f.host.rxDrainTimeoutMs} ms drain timeout`);
+    }
     expectEq(out, 'rxDropped', p.vif?.stats.rxDropped, p.frames);
     expectEq(out, 'frames still queued', p.vif?.rxQueued, 0);
     return out;
   },
+  premise: (p) => withholdPremise(p) ?? 'held',
 };
+
+// The honest sender's grants while its frames waited: all of them out (held) or none (the stack copied them).
+function withholdPremise(p: WithholdPlayed): Premise | null {
+  return p.pinnedOutstanding >= p.frames ? 'held' : p.pinnedOutstanding === 0 ? 'copied' : null;
+}
 
 interface WithholdTxPlayed {
   readonly sent: number;
@@ -1385,6 +1435,8 @@ interface FlapPlayed {
 }
 
 const FLAP_PACKETS = 4;
+/** How long the flap and death cases stall the uplink, so that their frames are still in flight across the act, ms. */
+const HOLD_MS = 500;
 
 const flapCase: AdversaryCase<FlapPlayed> = {
   name: 'state-flap-in-flight',
@@ -1395,8 +1447,9 @@ const flapCase: AdversaryCase<FlapPlayed> = {
     await f.connect();
     await f.announce();
     const pkts: SentPacket[] = [];
+    f.host.stallUplink(HOLD_MS);
     for (let i = 0; i < FLAP_PACKETS; i++) pkts.push(f.sendPacket([{ size: 1400 }]));
-    // One round, no time: the frames are mapped and waiting in the uplink NIC.
+    // One round: the frames are mapped and waiting in the stalled uplink NIC (unless the stack copied them).
     await f.host.step();
     const inFlightAtClosing = f.inUseRefs().filter((r) => pkts.some((p) => p.grefs.includes(r))).length;
     await f.writeState(XenbusStateClosing);
@@ -1423,8 +1476,8 @@ const flapCase: AdversaryCase<FlapPlayed> = {
   },
   check(f, p) {
     const out: string[] = [];
-    expectEq(out, 'packets in flight when Closing was written', p.inFlightAtClosing, FLAP_PACKETS);
-    expectEq(out, 'vif while the stack still holds the grants', p.stateWhileDraining, 'disconnecting');
+    const premise = expectPremise(out, 'packets in flight when Closing was written', p.inFlightAtClosing, FLAP_PACKETS);
+    if (premise === 'held') expectEq(out, 'vif while the stack still holds the grants', p.stateWhileDraining, 'disconnecting');
     expectEq(out, 'backend state', xenbusStateName(p.backendState), xenbusStateName(XenbusStateConnected));
     expectEq(out, 'connects', p.connects, 2);
     expectEq(
@@ -1438,6 +1491,7 @@ const flapCase: AdversaryCase<FlapPlayed> = {
     expectEq(out, 'a packet after the flap', p.after, [OKAY]);
     return out;
   },
+  premise: (p) => premiseOf(p.inFlightAtClosing, FLAP_PACKETS) ?? 'held',
 };
 
 interface DeathPlayed {
@@ -1459,6 +1513,7 @@ const deathCase: AdversaryCase<DeathPlayed> = {
     await f.connect();
     await f.announce();
     const pkts: SentPacket[] = [];
+    f.host.stallUplink(HOLD_MS);
     for (let i = 0; i < FLAP_PACKETS; i++) pkts.push(f.sendPacket([{ size: 1400 }]));
     await f.host.step();
     const inFlightAtDeath = f.inUseRefs().filter((r) => pkts.some((p) => p.grefs.includes(r))).length;
@@ -1481,13 +1536,14 @@ const deathCase: AdversaryCase<DeathPlayed> = {
   },
   check(_f, p) {
     const out: string[] = [];
-    expectEq(out, 'grants mapped when the domain died', p.inFlightAtDeath, FLAP_PACKETS);
+    expectPremise(out, 'grants mapped when the domain died', p.inFlightAtDeath, FLAP_PACKETS);
     expectEq(out, 'events raised on the dead guest', p.raisedAfter, p.raisedAtDeath);
     expectEq(out, 'grant-return notices to the dead guest', p.noticesAfter, p.noticesAtDeath);
     expectEq(out, 'device removed', p.removed, true);
     expectEq(out, 'grants of the dead guest still mapped', p.inUseAfter, []);
     return out;
   },
+  premise: (p) => premiseOf(p.inFlightAtDeath, FLAP_PACKETS) ?? 'held',
 };
 
 /** Every case, in checklist order (the stress tool plays them as data). */
@@ -1529,6 +1585,8 @@ export interface AdversaryResult {
   readonly detail: string;
   /** The backend threw (a Linux BUG()) during the case. */
   readonly backendCrashed: boolean;
+  /** For a case whose act needs mapped pages: whether they were ('held') or the stack had copied them; else null. */
+  readonly premise: Premise | null;
 }
 
 /** Options of runAdversaryCase. */
@@ -1550,9 +1608,11 @@ export async function runAdversaryCase(c: AdversaryCase, host: AdversaryHost, op
   const problems: string[] = [];
   const before = host.audit();
   let front: HostileFront | null = null;
+  let premise: Premise | null = null;
   try {
     front = new HostileFront(host, await host.createGuest());
     const played = await c.play(front);
+    premise = c.premise?.(played) ?? null;
     problems.push(...c.check(front, played));
     problems.push(...front.troubles);
   } catch (e) {
@@ -1586,6 +1646,7 @@ export async function runAdversaryCase(c: AdversaryCase, host: AdversaryHost, op
     handled: problems.length === 0,
     detail: problems.length === 0 ? `${c.expect}: ${c.linux}` : problems.join('; '),
     backendCrashed: crashed,
+    premise,
   };
 }
 

@@ -13,6 +13,7 @@ import {
   type VifStatus,
 } from '../../frontend/adversary.js';
 import { AdversaryRig } from '../../frontend/adversary-rig.js';
+import { DESIGN_NAMES } from '../../backend/release.js';
 
 for (const c of ADVERSARY_CASES) {
   test(`adversary: ${c.name}`, async (t) => {
@@ -129,6 +130,29 @@ const judgeRows: { name: string; edit: (p: Record<string, unknown>, f: HostileFr
     },
     problem: 'vif while the stack still holds the grants: expected "disconnecting" but got "idle"',
   },
+  // A premise half met (some grants mapped, some not) is neither a zero-copy nor a copying backend.
+  {
+    name: 'state-flap-in-flight',
+    edit: (p) => {
+      p['inFlightAtClosing'] = 2;
+    },
+    problem: 'packets in flight when Closing was written: expected all 4 or none still mapped but got 2',
+  },
+  {
+    name: 'withhold-rx-requests',
+    edit: (p) => {
+      p['pinnedOutstanding'] = 3;
+    },
+    problem: 'honest grants pinned while queued: expected >= 8 (or 0, copied) but got 3',
+  },
+  // Judged as a copying backend, the guest's scribbles must not reach the wire.
+  {
+    name: 'mapped-page-rewritten',
+    edit: (p) => {
+      p['mappedAtAct'] = 0;
+    },
+    problem: 'frames verified on the uplink: expected 1 but got 0',
+  },
 ];
 
 for (const row of judgeRows) {
@@ -197,14 +221,52 @@ test('regression: state-flap-in-flight while a tap holds the in-flight frames 50
   const rig = await AdversaryRig.create({ config: { tap: true, tapHoldMs: 500 } });
   const r = await runAdversaryCase(byName('state-flap-in-flight'), rig);
   t.true(r.handled, r.detail);
+  t.is(r.premise, 'held', 'the flap happened with the frames in flight');
   t.deepEqual(await rig.quiesce(), { ok: true, value: 0 });
 });
 
 // With no completion delay the uplink used to receive the frame before the guest rewrote its page (on real time any
-// step can complete it): the case now stalls the uplink itself, so the rewrite always hits a queued frame.
+// step can complete it): the case now stalls the uplink itself, so the rewrite always hits a queued, mapped page
+// (premise 'held'; were it 'copied', the case would only have shown that a copy keeps the scribbles out).
 test('regression: mapped-page-rewritten when the uplink NIC completes at once (nicCompletionDelayMs 0)', async (t) => {
   const rig = await AdversaryRig.create({ config: { nicCompletionDelayMs: 0 } });
   const r = await runAdversaryCase(byName('mapped-page-rewritten'), rig);
   t.true(r.handled, r.detail);
+  t.is(r.premise, 'held');
   t.deepEqual(await rig.quiesce(), { ok: true, value: 0 });
 });
+
+// ---- Premises: cases whose act needs the guest's pages mapped ------------------------------------------------
+
+const premiseCases = ADVERSARY_CASES.filter((c) => c.premise !== undefined);
+
+test('premise cases: the five acts on frames in flight declare one', (t) => {
+  t.deepEqual(premiseCases.map((c) => c.name).sort(), ['die-with-grants-mapped', 'mapped-page-rewritten', 'rewrite-before-response', 'state-flap-in-flight', 'withhold-rx-requests']);
+});
+
+// Every design is judged as Linux would run it: a zero-copy design meets its pages mapped (the act is the real
+// hazard), grant copy meets copies; either way handled, and the oracle sees no early return.
+for (const design of DESIGN_NAMES) {
+  test(`premise cases under ${design}: ${design === 'copy' ? 'copied' : 'held'} pages, all handled`, async (t) => {
+    for (const c of premiseCases) {
+      const rig = await AdversaryRig.create({ config: { design } });
+      const r = await runAdversaryCase(c, rig);
+      t.true(r.handled, `${c.name}: ${r.detail}`);
+      t.is(r.premise, design === 'copy' ? 'copied' : 'held', c.name);
+    }
+  });
+}
+
+// Mainline's skb_clone orphans (copies) zerocopy frags first: under ubuf a tap's clone copies the guest's pages, so
+// the acts meet copies; under rusty the tap's clone shares them and the acts meet mapped pages.
+test('premise cases with a tap on every port: ubuf meets copied pages, rusty held ones; all handled', async (t) => {
+  for (const [design, want] of [['ubuf', 'copied'], ['rusty', 'held']] as const) {
+    for (const c of premiseCases) {
+      const rig = await AdversaryRig.create({ config: { design, tap: true } });
+      const r = await runAdversaryCase(c, rig);
+      t.true(r.handled, `${design} ${c.name}: ${r.detail}`);
+      t.is(r.premise, want, `${design} ${c.name}`);
+    }
+  }
+});
+

@@ -32,14 +32,11 @@ const DEAD_LOOP_GRACE_MS = 100;
 /** How long step() lets xenstore messages cross between threads before its round, ms. */
 export const STEP_SETTLE_MS = 30;
 /**
- * Cases that keep frames "mapped and waiting" in the stack across a step and a xenstore state change: on virtual time
- * the rig's NIC never completes meanwhile; on real time it would within 0.05 ms, so the tap holds its clones (and
- * with them the pages) this long during the case, ms.
+ * Cases whose step() follows a xenstore change it must see the backend's answer to (a state write, a domain's
+ * death): on virtual time the rig's xenstore answers at once; here the messages cross threads, so such a step
+ * first waits STEP_SETTLE_MS.
  */
-export const HOLD_CASES: ReadonlyMap<string, number> = new Map([
-  ['state-flap-in-flight', 500],
-  ['die-with-grants-mapped', 500],
-]);
+export const SETTLE_CASES: ReadonlySet<string> = new Set(['state-flap-in-flight', 'die-with-grants-mapped']);
 
 interface Adversary {
   readonly guest: HostGuest;
@@ -101,22 +98,17 @@ export class ThreadAdversaryHost implements AdversaryHost {
   /** Plays case `index` of the catalogue; never throws. */
   async play(index: number): Promise<AdversaryResult> {
     const c = ADVERSARY_CASES[index];
-    if (c === undefined) return { name: `case ${index}`, handled: false, detail: `no case ${index}`, backendCrashed: false };
+    if (c === undefined) return { name: `case ${index}`, handled: false, detail: `no case ${index}`, backendCrashed: false, premise: null };
     try {
       await this.start();
     } catch (e) {
-      return { name: c.name, handled: false, detail: e instanceof Error ? e.message : String(e), backendCrashed: false };
+      return { name: c.name, handled: false, detail: e instanceof Error ? e.message : String(e), backendCrashed: false, premise: null };
     }
-    const hold = HOLD_CASES.get(c.name);
-    const tap = this.dom0.stack.tap;
-    const holdBefore = tap?.hold ?? 0;
-    if (hold !== undefined) tap?.setHoldMs(hold);
-    this.settleSteps = hold !== undefined;
+    this.settleSteps = SETTLE_CASES.has(c.name);
     try {
       return await runAdversaryCase(c, this);
     } finally {
       this.settleSteps = false;
-      if (hold !== undefined) tap?.setHoldMs(holdBefore);
     }
   }
 
@@ -201,7 +193,7 @@ export class ThreadAdversaryHost implements AdversaryHost {
     });
   }
 
-  // One round; in a case that holds the NIC, after the xenstore's messages had time to cross between threads.
+  // One round; in a SETTLE_CASES case, after the xenstore's messages had time to cross between threads.
   async step(): Promise<void> {
     if (this.settleSteps) await this.sleepMs(STEP_SETTLE_MS);
     await new Promise<void>((resolve) => {

@@ -37,7 +37,9 @@ const api: StressBackendApi = {
     );
   },
   playAdversaryCase: (index) =>
-    adversary === null ? Promise.resolve({ name: `case ${index}`, handled: false, detail: 'no adversary host (the backend has no toolstack channel)', backendCrashed: false }) : adversary.play(index),
+    adversary === null
+      ? Promise.resolve({ name: `case ${index}`, handled: false, detail: 'no adversary host (the backend has no toolstack channel)', backendCrashed: false, premise: null })
+      : adversary.play(index),
 };
 Comlink.expose(api, nodeEndpoint(init.control));
 await runtime.start();

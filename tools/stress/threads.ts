@@ -314,6 +314,7 @@ class ThreadDriver {
     const n = indices.length;
     let handled = 0;
     let crashes = 0;
+    const copied: string[] = [];
     for (const [k, i] of indices.entries()) {
       const r = await this.gate.exclusive(() => api().playAdversaryCase(i));
       if (r.handled) handled++;
@@ -322,8 +323,13 @@ class ThreadDriver {
         this.errors.push(`adversary ${r.name}: ${r.detail}`);
       }
       if (r.backendCrashed) crashes++;
-      this.o.onCase?.(`adversary ${String(k + 1).padStart(2)}/${n}  ${r.handled ? 'handled' : 'NOT HANDLED'}  ${r.name}${r.handled ? '' : `: ${r.detail}`}`);
+      if (r.premise === 'copied') copied.push(r.name);
+      const on = r.premise === 'copied' ? ' (on copied pages)' : '';
+      this.o.onCase?.(`adversary ${String(k + 1).padStart(2)}/${n}  ${r.handled ? 'handled' : 'NOT HANDLED'}${on}  ${r.name}${r.handled ? '' : `: ${r.detail}`}`);
       if (ts.backendDead !== null) await this.recoverCrashedBackend();
+    }
+    if (copied.length > 0) {
+      this.notes.push(`adversary cases whose act met pages the stack had already copied (the design or a tap copies them): ${copied.join(', ')}`);
     }
     return { cases: n, handled, backendCrashes: crashes };
   }
