@@ -270,3 +270,31 @@ test('premise cases with a tap on every port: ubuf meets copied pages, rusty hel
   }
 });
 
+
+// Thread mode under ubuf: the honest exchange took 5 rounds, the flood sent 1000 notifications and the case judged
+// itself too small to mean anything. The flood now goes on until it is big enough, however fast the exchange.
+test('regression: event-flood when the honest exchange is over in one round, the flood still reaches its size', async (t) => {
+  const rig = await AdversaryRig.create();
+  // Rounds are scarce, as on real time: the exchange is one round, and so is a run with nothing to wait for.
+  const oneRound = async (each?: () => void): Promise<void> => {
+    each?.();
+    await rig.step();
+  };
+  const fast = Object.create(rig, {
+    exchange: {
+      value: async (_frames: number, each?: () => void) => {
+        await oneRound(each);
+        return { ok: true, value: undefined };
+      },
+    },
+    run: {
+      value: async (ms: number, until?: () => boolean, each?: () => void) => {
+        if (until !== undefined) return rig.run(ms, until, each);
+        await oneRound(each);
+        return true;
+      },
+    },
+  }) as AdversaryHost;
+  const r = await runAdversaryCase(byName('event-flood'), fast);
+  t.true(r.handled, r.detail);
+});
