@@ -639,10 +639,10 @@ export interface AdversaryCase<P = unknown> {
   /**
    * For a case whose hostile act needs the guest's pages still mapped (a frame in flight): whether they were
    * ('held') or the stack had already copied them ('copied': a grant-copy design, or mainline's ubuf copying at
-   * a tap's clone). The check judges each as Linux would; a copy can never hide an early return, which the
-   * oracle judges apart.
+   * a tap's clone); null for a mix of both, which the check fails. The check judges each as Linux would; a copy can
+   * never hide an early return, which the oracle judges apart.
    */
-  premise?(played: P): Premise;
+  premise?(played: P): Premise | null;
 }
 
 /** Whether a case's hostile act met the guest's pages still mapped, or copies of them. */
@@ -853,7 +853,7 @@ function packetCase(s: PacketCaseSpec): AdversaryCase<PacketPlayed> {
       s.more?.(out, f, p);
       return out;
     },
-    ...(s.inFlight !== undefined && { premise: (p: PacketPlayed) => premiseOf(p.mappedAtAct, p.pkt.grefs.length) ?? 'held' }),
+    ...(s.inFlight !== undefined && { premise: (p: PacketPlayed) => premiseOf(p.mappedAtAct, p.pkt.grefs.length) }),
   };
 }
 
@@ -1330,7 +1330,7 @@ const withholdRxCase: AdversaryCase<WithholdPlayed> = {
     expectEq(out, 'frames still queued', p.vif?.rxQueued, 0);
     return out;
   },
-  premise: (p) => withholdPremise(p) ?? 'held',
+  premise: (p) => withholdPremise(p),
 };
 
 // The honest sender's grants while its frames waited: all of them out (held) or none (the stack copied them).
@@ -1493,7 +1493,7 @@ const flapCase: AdversaryCase<FlapPlayed> = {
     expectEq(out, 'a packet after the flap', p.after, [OKAY]);
     return out;
   },
-  premise: (p) => premiseOf(p.inFlightAtClosing, FLAP_PACKETS) ?? 'held',
+  premise: (p) => premiseOf(p.inFlightAtClosing, FLAP_PACKETS),
 };
 
 interface DeathPlayed {
@@ -1545,7 +1545,7 @@ const deathCase: AdversaryCase<DeathPlayed> = {
     expectEq(out, 'grants of the dead guest still mapped', p.inUseAfter, []);
     return out;
   },
-  premise: (p) => premiseOf(p.inFlightAtDeath, FLAP_PACKETS) ?? 'held',
+  premise: (p) => premiseOf(p.inFlightAtDeath, FLAP_PACKETS),
 };
 
 /** Every case, in checklist order (the stress tool plays them as data). */
