@@ -300,10 +300,16 @@ export class XenvifTxQueue {
   // The grant each pending index's page is bound to: one object per index, refilled at each map.
   private readonly grantIds: { domid: number; gref: number }[] = [];
   private readonly grantHandle = new Uint32Array(MAX_PENDING_REQS).fill(INVALID_GRANT_HANDLE);
-  // Zerocopy completion of one packet: its first pending index counts the pages still held (the ubuf ctx chain).
-  private readonly zcHead = new Uint16Array(MAX_PENDING_REQS);
+  // Zerocopy completion of one packet (the ubuf ctx chain): a record counting the packet's pages still held, found
+  // from each of its pending indices. Departure: Linux completes a chain once, so its head slot is never reused
+  // before; a design here may release a packet's pages one by one (page-destructor, rusty-page), and the first
+  // page's slot can be answered and reused while the rest is held, so the count cannot live on that slot.
+  private readonly zcRecord = new Uint16Array(MAX_PENDING_REQS);
   private readonly zcRemaining = new Uint8Array(MAX_PENDING_REQS);
   private readonly zcFailed = new Uint8Array(MAX_PENDING_REQS);
+  // Free records (a packet holds at least one pending index, so MAX_PENDING_REQS records always suffice).
+  private readonly zcFree = Uint16Array.from({ length: MAX_PENDING_REQS }, (_, i) => i);
+  private zcFreeTop = MAX_PENDING_REQS;
   // dealloc_ring (netback.c).
   private readonly deallocRing = new Uint16Array(MAX_PENDING_REQS);
   private deallocProd = 0;
@@ -979,14 +985,15 @@ export class XenvifTxQueue {
 
   // xenvif_skb_zerocopy_prepare: attach the release design last; one completion counts the packet's pages.
   private zerocopyPrepare(skb: SkBuff, pages: Page[]): void {
-    const head = this.idxOf(pages[0]!);
+    if (this.zcFreeTop === 0) throw new Error('netback: no zerocopy record free (more packets than pending slots in flight)');
+    const rec = this.zcFree[--this.zcFreeTop]!;
     for (let i = 0; i < pages.length; i++) {
       const idx = this.idxOf(pages[i]!);
-      this.zcHead[idx] = head;
+      this.zcRecord[idx] = rec;
       this.state[idx] = ST_INFLIGHT;
     }
-    this.zcRemaining[head] = pages.length;
-    this.zcFailed[head] = 0;
+    this.zcRemaining[rec] = pages.length;
+    this.zcFailed[rec] = 0;
     this.inflightPackets++;
     this.vif.stats.txZerocopySent++;
     this.vif.ctx.design.attach(skb, pages, this.sink);
@@ -1009,12 +1016,13 @@ export class XenvifTxQueue {
       return;
     }
     this.deallocEnqueue(idx);
-    const head = this.zcHead[idx]!;
-    if (!success) this.zcFailed[head] = 1;
-    if (--this.zcRemaining[head]! === 0) {
+    const rec = this.zcRecord[idx]!;
+    if (!success) this.zcFailed[rec] = 1;
+    if (--this.zcRemaining[rec]! === 0) {
       this.inflightPackets--;
-      if (this.zcFailed[head] !== 0) vif.stats.txZerocopyFail++;
+      if (this.zcFailed[rec] !== 0) vif.stats.txZerocopyFail++;
       else vif.stats.txZerocopySuccess++;
+      this.zcFree[this.zcFreeTop++] = rec;
     }
   }
 
