@@ -162,6 +162,8 @@ export interface BackendReport {
   readonly uplink: UplinkHostStats;
   readonly peer: { readonly frames: number; readonly dataBytes: number; readonly corruptSegments: number; readonly badFrames: number };
   readonly notes: readonly string[];
+  /** Failures outside the oracle's figures: vif teardowns that never finished (a hung xenwatch in Linux). */
+  readonly errors: readonly string[];
 }
 
 /** The control plane of the backend worker (comlink). */
@@ -788,6 +790,7 @@ export class Dom0Backend implements SoftirqWork {
       uplink: { ...us },
       peer: { frames: ps.frames, dataBytes: ps.dataBytes, corruptSegments: ps.corruptSegments, badFrames: ps.badFrames },
       notes,
+      errors: [],
     };
   }
 
@@ -931,15 +934,17 @@ export class BackendRuntime {
       this.watch = null;
     }
     const limit = dom0.config.vifRemoveTimeoutMs ?? VIF_REMOVE_TIMEOUT_MS;
+    const errors: string[] = [];
     for (const [key, dev] of this.devices) {
       const done = await within(dev.remove().then(() => true), limit, false);
-      // One summary per vif, kept whatever the cap on other notes.
-      if (!done) dom0.notes.push(`vif ${key}: ${dev.stillMapped().length} grants still mapped after ${limit} ms`);
+      // backend_disconnect waits for inflight_packets and the dealloc ring, not only for mapped grants.
+      const tx = dev.vif?.tx;
+      if (!done) errors.push(`vif ${key}: teardown did not finish within ${limit} ms (${dev.stillMapped().length} grants still mapped, ${tx?.inflightPackets ?? 0} packets in flight)`);
     }
     await this.loop.stop();
     await this.loopDone;
     if (this.loopError !== null) throw new Error(`backend loop failed: ${this.loopError}`);
-    const report = dom0.report();
+    const report: BackendReport = { ...dom0.report(), errors };
     dom0.close();
     return report;
   }

@@ -1137,7 +1137,10 @@ export class Toolstack {
       this.errors.push(`backend finish failed: ${message(e)}`);
     }
     await this.close();
-    if (backendReport !== null) this.notes.push(...backendReport.notes);
+    if (backendReport !== null) {
+      this.notes.push(...backendReport.notes);
+      this.errors.push(...backendReport.errors);
+    }
     for (const r of reports) if (r.error !== null) this.errors.push(`guest d${r.domid}: ${r.error}`);
     const hist = new Float64Array(LATENCY_BUCKETS);
     for (const d of this.domains) {

@@ -126,6 +126,7 @@ test('the audit adds the guests\' checks to the oracle\'s', (t) => {
     uplink: { frames: 0, tcp: 0, udpVerified: 0, udpCorrupt: 6, udpCorruptHostile: 0, other: 0, firstError: null },
     peer: { frames: 0, dataBytes: 0, corruptSegments: 0, badFrames: 0 },
     notes: [],
+    errors: [],
   };
   t.deepEqual(auditOf(guests, backend), { granted: 15, returned: 14, outstanding: 1, leaked: 5, earlyReturns: 4, doubleReturns: 5, corruptPayloads: 8 });
   t.deepEqual(auditOf(guests, null), { granted: 15, returned: 14, outstanding: 1, leaked: 0, earlyReturns: 1, doubleReturns: 1, corruptPayloads: 2 });
