@@ -1440,20 +1440,27 @@ const FLAP_PACKETS = 4;
 /** How long the flap and death cases stall the uplink, so that their frames are still in flight across the act, ms. */
 const HOLD_MS = 500;
 
+/**
+ * Connects, then puts FLAP_PACKETS frames in flight: the uplink stalls, one round maps them and queues them in the
+ * NIC (unless the stack copied them). Returns the packets and how many of their grants are mapped.
+ */
+async function framesInFlight(f: HostileFront): Promise<{ pkts: SentPacket[]; mapped: number }> {
+  await f.connect();
+  await f.announce();
+  const pkts: SentPacket[] = [];
+  f.host.stallUplink(HOLD_MS);
+  for (let i = 0; i < FLAP_PACKETS; i++) pkts.push(f.sendPacket([{ size: 1400 }]));
+  await f.host.step();
+  return { pkts, mapped: f.inUseRefs().filter((r) => pkts.some((p) => p.grefs.includes(r))).length };
+}
+
 const flapCase: AdversaryCase<FlapPlayed> = {
   name: 'state-flap-in-flight',
   item: CHECKLIST.lifecycle,
   expect: 'RECONNECT',
   linux: 'Connected -> Closing -> Connected: backend_disconnect waits for the in-flight grants, then Closed, InitWait, Connected again',
   async play(f) {
-    await f.connect();
-    await f.announce();
-    const pkts: SentPacket[] = [];
-    f.host.stallUplink(HOLD_MS);
-    for (let i = 0; i < FLAP_PACKETS; i++) pkts.push(f.sendPacket([{ size: 1400 }]));
-    // One round: the frames are mapped and waiting in the stalled uplink NIC (unless the stack copied them).
-    await f.host.step();
-    const inFlightAtClosing = f.inUseRefs().filter((r) => pkts.some((p) => p.grefs.includes(r))).length;
+    const { pkts, mapped: inFlightAtClosing } = await framesInFlight(f);
     await f.writeState(XenbusStateClosing);
     await f.host.step();
     const stateWhileDraining = f.vif()?.state ?? null;
@@ -1512,13 +1519,7 @@ const deathCase: AdversaryCase<DeathPlayed> = {
   expect: 'UNPLUG',
   linux: 'the frontend vanishes: netback disconnects, never notifies it again, unmaps each grant as the stack frees it, unregisters',
   async play(f) {
-    await f.connect();
-    await f.announce();
-    const pkts: SentPacket[] = [];
-    f.host.stallUplink(HOLD_MS);
-    for (let i = 0; i < FLAP_PACKETS; i++) pkts.push(f.sendPacket([{ size: 1400 }]));
-    await f.host.step();
-    const inFlightAtDeath = f.inUseRefs().filter((r) => pkts.some((p) => p.grefs.includes(r))).length;
+    const { mapped: inFlightAtDeath } = await framesInFlight(f);
     // It dies waiting for those answers: rsp_event armed, so every response pushed after its death would notify it.
     f.txResponses();
     f.tx!.setRspEvent(f.rspProd() + 1);
