@@ -28,8 +28,8 @@ import {
 } from '../shared/xenbus.js';
 import { XenstoreClient } from '../shared/xenstore-client.js';
 import { XenStore } from '../shared/xenstore.js';
-import { honestExchange, honestHealthOf, vifStatusOf, type AdversaryHost, type DeviceStatus, type HonestHealth, type HostAudit, type HostGuest, type VifStatus } from './adversary.js';
-import { connectHonestGuest, type HonestGuest } from './honest-guest.js';
+import { vifStatusOf, type AdversaryHost, type DeviceStatus, type HonestHealth, type HostAudit, type HostGuest, type VifStatus } from './adversary.js';
+import { connectHonestGuest, exchangeHonest, honestGuestsHealth, type HonestGuest } from './honest-guest.js';
 
 /** The remote host beyond the uplink. */
 export const RIG_REMOTE = { mac: 0x02_00_00_00_00_01, ip: ipv4(192, 0, 2, 1), port: 5001 };
@@ -227,24 +227,11 @@ export class AdversaryRig implements AdversaryHost {
   }
 
   honestHealth(): HonestHealth {
-    return honestHealthOf(this.honest, (g) => g.vif.disabled);
+    return honestGuestsHealth(this.honest);
   }
 
   exchange(frames: number, each?: () => void): Promise<Result<void>> {
-    return honestExchange(
-      {
-        guests: this.honest,
-        remote: RIG_REMOTE,
-        macOf: (g) => guestMac(g.domid),
-        ipOf: (g) => guestIp(g.domid),
-        nameOf: (g) => `d${g.domid}`,
-        uplinkVerified: () => this.dom0.uplink.stats.udpVerified,
-        health: () => this.honestHealth(),
-        run: (ms, until, e) => this.run(ms, until, e),
-      },
-      frames,
-      each,
-    );
+    return exchangeHonest(this.dom0, this.honest, { remote: RIG_REMOTE, run: (ms, until, e) => this.run(ms, until, e) }, frames, each);
   }
 
   uplink(): { readonly udpVerified: number; readonly udpCorrupt: number; readonly other: number } {

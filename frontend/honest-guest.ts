@@ -7,13 +7,16 @@
 // to netfront in the guest's next step rather than over a MessagePort.
 import type { Dom0Backend } from '../backend/loop.js';
 import type { Xenvif } from '../backend/xenvif.js';
+import { guestMac } from '../shared/ether.js';
 import type { EvtchnHost } from '../shared/evtchn.js';
 import { GNTMAP_host_map, GNTST_okay, GrantTable } from '../shared/gnttab.js';
 import type { GrantReturnMessage } from '../shared/grant-return.js';
-import { ipv4 } from '../shared/inet.js';
+import { guestIp } from '../shared/inet.js';
 import { GuestMemory } from '../shared/memory.js';
 import { XEN_NETIF_GSO_TYPE_TCPV4, XEN_NETIF_RX_SLOT_SIZE, XEN_NETIF_TX_SLOT_SIZE } from '../shared/netif.js';
+import type { Result } from '../shared/result.js';
 import { attachBackRing, type BackRing } from '../shared/ring.js';
+import { honestExchange, honestHealthOf, type HonestExchangeHost, type HonestHealth } from './adversary.js';
 import { NetfrontDriver, type GuestSource } from './loop.js';
 import { Netfront, type TxPacket } from './netfront.js';
 import { TxFrame, type Flow } from './traffic.js';
@@ -21,16 +24,6 @@ import { TxFrame, type Flow } from './traffic.js';
 /** Pages of an honest guest's memory, and grant entries of its table. */
 const HONEST_FRAMES = 1024;
 const HONEST_GRANT_ENTRIES = 2048;
-
-/** A guest's MAC: Xen's OUI and the domid (the toolstack's plan). */
-export function guestMac(domid: number): number {
-  return 0x00_16_3e_00_00_00 + domid;
-}
-
-/** A guest's IPv4 address: 10.0.<domid high>.<domid low> (the toolstack's plan). */
-export function guestIp(domid: number): number {
-  return ipv4(10, 0, (domid >>> 8) & 0xff, domid & 0xff);
-}
 
 /** An honest guest's traffic: UDP frames queued by its host, sent by netfront as fast as the ring allows. */
 export class HonestSource implements GuestSource {
@@ -155,3 +148,32 @@ export function connectHonestGuest(dom0: Dom0Backend, evtchn: EvtchnHost, domid:
   nf.connect({ sg: true, gsoTcpv4: true, rxCopy: true, multiQueueMaxQueues: 1, splitEventChannels: false });
   return guest;
 }
+
+/** AdversaryHost.honestHealth over honest guests: broken when a guest is, or its vif was disabled. */
+export function honestGuestsHealth(guests: readonly HonestGuest[]): HonestHealth {
+  return honestHealthOf(guests, (g) => g.vif.disabled);
+}
+
+/** AdversaryHost.exchange over honest guests on `dom0`'s bridge (frontend/adversary.ts honestExchange). */
+export function exchangeHonest(
+  dom0: Dom0Backend,
+  guests: readonly HonestGuest[],
+  host: Pick<HonestExchangeHost<HonestGuest>, 'remote' | 'run' | 'hostError'>,
+  frames: number,
+  each?: () => void,
+): Promise<Result<void>> {
+  return honestExchange(
+    {
+      ...host,
+      guests,
+      macOf: (g) => guestMac(g.domid),
+      ipOf: (g) => guestIp(g.domid),
+      nameOf: (g) => `d${g.domid}`,
+      uplinkVerified: () => dom0.uplink.stats.udpVerified,
+      health: () => honestGuestsHealth(guests),
+    },
+    frames,
+    each,
+  );
+}
+

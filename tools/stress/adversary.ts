@@ -20,8 +20,8 @@ import type { Result } from '../../shared/result.js';
 import { vifFrontendPath } from '../../shared/xenbus.js';
 import { XenstoreClient } from '../../shared/xenstore-client.js';
 import type { BackendHostApi } from '../toolstack.js';
-import { ADVERSARY_CASES, honestExchange, honestHealthOf, runAdversaryCase, vifStatusOf, type AdversaryHost, type AdversaryResult, type DeviceStatus, type HonestHealth, type HostAudit, type HostGuest, type VifStatus } from '../../frontend/adversary.js';
-import { connectHonestGuest, type AddHonestDomain, type HonestGuest } from '../../frontend/honest-guest.js';
+import { ADVERSARY_CASES, runAdversaryCase, vifStatusOf, type AdversaryHost, type AdversaryResult, type DeviceStatus, type HonestHealth, type HostAudit, type HostGuest, type VifStatus } from '../../frontend/adversary.js';
+import { connectHonestGuest, exchangeHonest, honestGuestsHealth, type AddHonestDomain, type HonestGuest } from '../../frontend/honest-guest.js';
 
 /** Honest guests the host runs next to the adversaries. */
 export const THREAD_HONEST_GUESTS = 2;
@@ -226,25 +226,12 @@ export class ThreadAdversaryHost implements AdversaryHost {
   }
 
   honestHealth(): HonestHealth {
-    return honestHealthOf(this.honest, (g) => g.vif.disabled);
+    return honestGuestsHealth(this.honest);
   }
 
   exchange(frames: number, each?: () => void): Promise<Result<void>> {
-    return honestExchange(
-      {
-        guests: this.honest,
-        remote: this.remote,
-        macOf: (g) => guestMac(g.domid),
-        ipOf: (g) => guestIp(g.domid),
-        nameOf: (g) => `d${g.domid}`,
-        uplinkVerified: () => this.dom0.uplink.stats.udpVerified,
-        health: () => this.honestHealth(),
-        run: (ms, until, e) => this.run(ms, until, e),
-        hostError: () => (this.honestError === null ? null : `an honest guest threw: ${this.honestError}`),
-      },
-      frames,
-      each,
-    );
+    const hostError = (): string | null => (this.honestError === null ? null : `an honest guest threw: ${this.honestError}`);
+    return exchangeHonest(this.dom0, this.honest, { remote: this.remote, run: (ms, until, e) => this.run(ms, until, e), hostError }, frames, each);
   }
 
   uplink(): { readonly udpVerified: number; readonly udpCorrupt: number; readonly other: number } {
