@@ -700,7 +700,11 @@ export class SimWorld implements AdversaryHost {
           },
         );
       }
-      if (!(await this.run(SIM_DRAIN_MS, () => removing === 0))) this.errors.push(`${removing} vifs still mapped grants at the end`);
+      if (!(await this.run(SIM_DRAIN_MS, () => removing === 0))) {
+        // backend_disconnect waits for inflight_packets and the dealloc ring, not only for mapped grants.
+        const stuck = [...b.devices.values()].filter((d) => !d.removed).map((d) => `${d.vif?.name ?? '?'} (${d.stillMapped().length} grants still mapped, ${d.vif?.tx?.inflightPackets ?? 0} packets in flight)`);
+        this.errors.push(`${removing} vif teardowns did not finish within ${SIM_DRAIN_MS} ms: ${stuck.join(', ')}`);
+      }
       const rep = b.dom0.report();
       b.dom0.close();
       this.backendTallies.push({ earlyReturns: rep.oracle.earlyReturns, doubleReturns: rep.oracle.doubleReturns, leaks: rep.oracle.leaks, corruptPayloads: rep.corruptPayloads });
