@@ -14,8 +14,8 @@ const DESIGNS = ['page-destructor', 'net_priv', 'net_priv-hash', 'rusty-page', '
 
 // Bounds that keep a run inside the guest's grant table (4096 refs, never ended here) and memory: at most
 // MAX_OPS * CYCLE_MAX slots.
-const MAX_OPS = 24;
-const CYCLE_MAX = 160;
+const MAX_OPS = 14;
+const CYCLE_MAX = 270;
 const GUEST_FRAMES = MAX_OPS * CYCLE_MAX + 64;
 
 type Op =
