@@ -1,4 +1,5 @@
 import test from 'ava';
+import { RIG_REMOTE, rigConfig } from '../../frontend/adversary-rig.js';
 import { fc, testProp } from '@fast-check/ava';
 import {
   Dom0Backend,
@@ -17,7 +18,7 @@ import type { WaitResult } from '../../shared/evtchn.js';
 import { IPPROTO_TCP, IPPROTO_UDP, IPV4_HLEN, UDP_HLEN, ipv4, writeIpv4Header, writeUdpHeader } from '../../shared/inet.js';
 import { writeTaggedPayload } from '../../shared/payload.js';
 
-const REMOTE = { mac: 0x02_00_00_00_00_01, ip: ipv4(192, 0, 2, 1), port: 5001 };
+const REMOTE = RIG_REMOTE;
 const GUEST = { mac: 0x00_16_3e_00_00_01, ip: ipv4(10, 0, 0, 1) };
 
 function frameSkb(ctx: SkbContext, bytes: Uint8Array): SkBuff {
@@ -152,25 +153,9 @@ test('softirq loop: an exception in the work rejects the loop', async (t) => {
   await t.throwsAsync(new SoftirqLoop(work, new VirtualWaiter(clock, () => 'timed-out'), clock).start(), { message: 'bug' });
 });
 
+// The adversary rig's backend configuration (Linux's timeouts, rusty, zero-copy), with this file's seed.
 function config(over: Partial<BackendConfig> = {}): BackendConfig {
-  return {
-    domid: 0,
-    seed: 7,
-    mtu: 1500,
-    loss: 0,
-    tap: false,
-    tapHoldMs: 20,
-    pcapPath: null,
-    design: 'rusty',
-    grantCopy: false,
-    endpoint: { mac: 0x02_00_00_00_00_fe, ip: ipv4(10, 0, 255, 254), port: 5001 },
-    remote: REMOTE,
-    remoteRttMs: 1,
-    nicCompletionDelayMs: 0.05,
-    rxDrainTimeoutMs: 10_000,
-    uplinkVerify: true,
-    ...over,
-  };
+  return rigConfig({ seed: 7, ...over });
 }
 
 test('dom0: the remote host announces itself on the uplink port, so guests\' uplink frames are forwarded, not flooded', (t) => {

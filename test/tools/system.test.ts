@@ -1,6 +1,7 @@
 // Whole-system runs in one thread with virtual time (tools/bench/rig.ts): real netfront and netback, the real
 // stack and oracle, connected as the handshake connects them, stepped alternately until quiescent.
 import test from 'ava';
+import { RIG_REMOTE, rigConfig } from '../../frontend/adversary-rig.js';
 import type { BackendConfig } from '../../backend/loop.js';
 import { kfreeSkb, type SkBuff } from '../../backend/skbuff.js';
 import type { GuestSource } from '../../frontend/loop.js';
@@ -12,27 +13,11 @@ import { IPPROTO_UDP, UDP_HLEN, get16, ipv4, parseIpv4Header } from '../../share
 import { TxRequest, TxResponse, XEN_NETIF_RSP_ERROR } from '../../shared/netif.js';
 import { OneThreadRig, type RigGuest } from '../../tools/bench/rig.js';
 
-const REMOTE = { mac: 0x02_00_00_00_00_01, ip: ipv4(192, 0, 2, 1), port: 5001 };
+const REMOTE = RIG_REMOTE;
 
+// The adversary rig's backend configuration (Linux's timeouts, rusty, zero-copy), with this file's seed.
 function config(over: Partial<BackendConfig> = {}): BackendConfig {
-  return {
-    domid: 0,
-    seed: 11,
-    mtu: 1500,
-    loss: 0,
-    tap: false,
-    tapHoldMs: 20,
-    pcapPath: null,
-    design: 'rusty',
-    grantCopy: false,
-    endpoint: { mac: 0x02_00_00_00_00_fe, ip: ipv4(10, 0, 255, 254), port: 5001 },
-    remote: REMOTE,
-    remoteRttMs: 1,
-    nicCompletionDelayMs: 0.05,
-    rxDrainTimeoutMs: 10_000,
-    uplinkVerify: true,
-    ...over,
-  };
+  return rigConfig({ seed: 11, ...over });
 }
 
 const mac = (d: number): number => 0x00_16_3e_00_00_00 + d;
